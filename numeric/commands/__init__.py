@@ -1,0 +1,1 @@
+"""One module per ``fimbound`` subcommand; see :mod:`numeric.cli` for the protocol."""
