@@ -1,0 +1,63 @@
+"""Run every benchmark side by side and rewrite ``benchmarks/RESULTS.md``.
+
+Each module in :data:`MODULES` defines ``run(quick: bool = False) -> str`` returning a
+Markdown section; timings inside one section are measured in the same process, one after
+the other, and reported as ratios. ``python -m benchmarks --quick`` runs smaller problems.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import importlib.util
+import platform
+import sys
+from pathlib import Path
+
+MODULES = ("benchmarks.estimators", "benchmarks.blackbox", "benchmarks.tightness",
+           "benchmarks.distributed")
+
+
+def _header() -> str:
+    import numpy
+    import sympy
+    import torch
+    cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return "\n".join([
+        "# fimbound benchmark results",
+        "",
+        f"Written by `make bench` on {datetime.date.today().isoformat()}.",
+        "",
+        f"- machine: {platform.machine()}, {platform.processor() or 'unknown cpu'}, "
+        f"torch threads {torch.get_num_threads()}",
+        f"- python {platform.python_version()}, torch {torch.__version__}, "
+        f"numpy {numpy.__version__}, sympy {sympy.__version__}",
+        f"- GPU: {cuda}",
+        "",
+    ])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smaller problems")
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="run only these modules (e.g. estimators tightness)")
+    parser.add_argument("--out", default=str(Path(__file__).with_name("RESULTS.md")))
+    args = parser.parse_args(argv)
+    sections = [_header()]
+    for name in MODULES:
+        short = name.rsplit(".", 1)[1]
+        if args.only is not None and short not in args.only:
+            continue
+        if importlib.util.find_spec(name) is None:
+            continue
+        print(f"[bench] {short} ...", file=sys.stderr, flush=True)
+        sections.append(importlib.import_module(name).run(quick=args.quick))
+    Path(args.out).write_text("\n\n".join(sections) + "\n")
+    print(f"[bench] wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
