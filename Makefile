@@ -19,11 +19,11 @@ demo: $(STAMP)
 	$(VENV)/bin/fimbound demo
 
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest --nbmake
 
 # The opt-in heavy tier: Monte-Carlo estimators and the large soundness sweeps.
 test-heavy: $(STAMP)
-	$(PY) -m pytest -m "montecarlo or slow"
+	$(PY) -m pytest --nbmake -m "montecarlo or slow"
 
 bench: $(STAMP)
 	$(PY) -m benchmarks
