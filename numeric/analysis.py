@@ -11,6 +11,7 @@ the samples (the two bound-based rankings do not depend on the samples, the meas
 from __future__ import annotations
 
 import math
+import warnings
 from itertools import combinations
 from typing import TYPE_CHECKING
 
@@ -53,10 +54,15 @@ def soundness(result: "CheckResult") -> dict:
 
 
 def _ci(statistic, data: tuple[np.ndarray, ...], resamples: int, seed: int) -> list[float]:
+    """Percentile bootstrap 95% interval (scipy). Resamples repeat samples, so ties are
+    expected and scipy's warnings about them are silenced; when the interval is undefined
+    (for instance every resample constant) it comes back as NaN and reports show '–'."""
     try:
-        res = stats.bootstrap(data, statistic, paired=True, vectorized=False,
-                              n_resamples=resamples, method="percentile",
-                              random_state=np.random.default_rng(seed))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = stats.bootstrap(data, statistic, paired=True, vectorized=False,
+                                  n_resamples=resamples, method="percentile",
+                                  random_state=np.random.default_rng(seed))
     except ValueError:
         return [math.nan, math.nan]
     low, high = res.confidence_interval

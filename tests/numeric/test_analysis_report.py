@@ -1,0 +1,112 @@
+"""Soundness detection, statistics and the atomic report, on synthetic check results."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from numeric.analysis import analyse, correlation, soundness
+from numeric.check import CheckResult, CheckSettings, ModelInfo, ModelResult
+from numeric.report import markdown_report, summary_table, write_report
+
+
+def _records(n, rng, scale=1.0, shift=0.0):
+    lam = scale * rng.uniform(0.1, 2.0, n)
+    radius = 1.0 / np.sqrt(lam) + shift
+    return [{"index": i, "label": i % 3, "pred": i % 3, "correct": True, "margin": 1.0,
+             "lambda_max": float(lam[i]), "trace": float(2 * lam[i]),
+             "local_bound": float(3 * lam[i]), "blackbox": float(lam[i] * 1.05),
+             "blackbox_queries": 200, "attack_radius": float(radius[i]),
+             "certified_radius": float(radius[i] / 10), "spectrum": [float(lam[i]), 0.01],
+             "pgd_l2_0.5": bool(i % 2)} for i in range(n)]
+
+
+def _result(n=30, models=3, seed=0):
+    rng = np.random.default_rng(seed)
+    out = []
+    for m in range(models):
+        info = ModelInfo(name=f"m{m}", spec=f"fimbound:m{m}", family="vgg", parameters=10,
+                         num_classes=3, global_bound=100.0 * (m + 1), lipschitz=5.0,
+                         plain_bound=1000.0 * (m + 1), certified=True, depth=3)
+        out.append(ModelResult(info=info, records=_records(n, rng, scale=m + 1)))
+    result = CheckResult(settings=CheckSettings(bootstrap=200), data_name="synthetic",
+                         models=out)
+    result.analysis = analyse(result)
+    return result
+
+
+def test_correlation_of_a_monotone_decreasing_relation_is_minus_one():
+    a = np.linspace(0.1, 3, 25)
+    stats = correlation(a, 1 / a, resamples=200)
+    assert stats["spearman"] == pytest.approx(-1.0)
+    assert stats["kendall"] == pytest.approx(-1.0)
+    assert stats["spearman_ci"][1] <= -0.99
+
+
+def test_correlation_of_constant_data_is_undefined_not_an_error():
+    stats = correlation(np.ones(10), np.arange(10.0))
+    assert math.isnan(stats["spearman"])
+
+
+def test_sound_result_has_no_violations_and_negative_correlation():
+    result = _result()
+    assert result.analysis["soundness"]["sound"]
+    for name, stats in result.analysis["models"].items():
+        assert stats["correlation_lambda_vs_radius"]["spearman"] == pytest.approx(-1.0)
+
+
+@pytest.mark.parametrize("kind, field, value", [
+    ("global", "lambda_max", 1e6),
+    ("local", "local_bound", 1e-9),
+    ("radius", "certified_radius", 1e9),
+], ids=["measured-above-global", "local-below-measured", "certified-above-attack"])
+def test_each_kind_of_violation_is_reported_with_its_sample(kind, field, value):
+    result = _result()
+    result.models[1].records[7][field] = value
+    report = soundness(result)
+    assert not report["sound"]
+    assert {"model": "m1", "index": 7, "kind": kind} == {
+        k: report["violations"][0][k] for k in ("model", "index", "kind")}
+
+
+def test_rankings_agree_when_every_criterion_orders_the_models_alike():
+    rk = _result().analysis["rankings"]
+    assert rk["orders"]["bound"] == ["m0", "m1", "m2"]
+    assert rk["orders"]["measured"] == ["m0", "m1", "m2"]
+    assert rk["orders"]["attack"] == ["m0", "m1", "m2"]
+    for pair in rk["agreement"]:
+        assert pair["kendall"] == pytest.approx(1.0)
+
+
+def test_report_is_written_with_figures_and_json(tmp_path):
+    result = _result()
+    path = write_report(result, tmp_path / "out")
+    files = {p.name for p in (tmp_path / "out").iterdir()}
+    assert {"report.md", "results.json", "bounds_vs_measured.png", "lambda_vs_radius.png",
+            "rankings.png", "spectra.png"} <= files
+    assert not any(name.startswith(".staging") for name in files)
+    document = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert document["analysis"]["soundness"]["sound"] is True
+    text = path.read_text()
+    assert "No violations" in text and "m2" in text
+    assert "m1" in summary_table(result)
+
+
+def test_failed_report_leaves_nothing_behind(tmp_path, monkeypatch):
+    import numeric.figures
+    result = _result()
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+    monkeypatch.setattr(numeric.figures, "write_figures", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_report(result, tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_markdown_lists_violations():
+    result = _result()
+    result.models[0].records[3]["lambda_max"] = 1e9
+    result.analysis = analyse(result)
+    assert "VIOLATIONS" in markdown_report(result, [])
