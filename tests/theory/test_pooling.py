@@ -1,0 +1,178 @@
+"""Pooling constants against explicitly built operators on small 1-D and 2-D grids."""
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import sympy
+from sympy import Rational, Symbol
+
+from theory import (
+    ParameterError,
+    avgpool_lipschitz,
+    global_avgpool_lipschitz,
+    max_window_overlap,
+    maxpool_lipschitz,
+)
+
+
+def _window_index(shape, kernel, stride, dilation, padding):
+    """Flat input indices of every window, -1 where a window reads padding."""
+    per_dimension = []
+    for n, k, s, dil, pad in zip(shape, kernel, stride, dilation, padding):
+        extent = (k - 1) * dil + 1
+        per_dimension.append([[start - pad + i * dil for i in range(k)]
+                              for start in range(0, n + 2 * pad - extent + 1, s)])
+    rows = []
+    for windows in itertools.product(*per_dimension):
+        row = []
+        for position in itertools.product(*windows):
+            inside = all(0 <= i < n for i, n in zip(position, shape))
+            row.append(np.ravel_multi_index(position, shape) if inside else -1)
+        rows.append(row)
+    return np.array(rows)
+
+
+def _maxpool(values, index):
+    padded = np.append(values, -np.inf)  # index -1 reads the -inf padding
+    return padded[index].max(axis=1)
+
+
+def _avgpool_operator(shape, index):
+    """The matrix of average pooling with zero padding counted in the divisor."""
+    operator = np.zeros((index.shape[0], math.prod(shape)))
+    for row, window in enumerate(index):
+        for position in window[window >= 0]:
+            operator[row, position] += 1 / index.shape[1]
+    return operator
+
+
+def _geometry(case):
+    kernel, stride, dilation, padding = case
+    return (tuple(np.atleast_1d(kernel)), tuple(np.atleast_1d(stride)),
+            tuple(np.atleast_1d(dilation)), tuple(np.atleast_1d(padding)))
+
+
+def _case_id(case):
+    return "k{}-s{}-d{}-p{}".format(*(str(v).replace(" ", "") for v in case))
+
+
+# (kernel, stride, dilation, padding); 1-D as ints, 2-D as tuples.
+MAX_CASES = [
+    (2, 2, 1, 0), (3, 1, 1, 0), (3, 2, 1, 1), (4, 2, 1, 0), (5, 3, 1, 2), (3, 1, 2, 0),
+    (2, 2, 3, 0), (3, 2, 2, 1), (4, 3, 2, 0), (2, 3, 1, 0),
+    ((2, 2), (2, 2), (1, 1), (0, 0)), ((3, 3), (1, 1), (1, 1), (1, 1)),
+    ((3, 2), (2, 1), (1, 1), (0, 0)), ((3, 3), (2, 2), (2, 1), (1, 0)),
+]
+AVG_CASES = [case for case in MAX_CASES if set(np.atleast_1d(case[2])) == {1}]
+
+
+def _grid(kernel, large=False):
+    return (400,) if len(kernel) == 1 and large else (60,) if len(kernel) == 1 else (16, 16)
+
+
+@pytest.mark.parametrize("case", MAX_CASES, ids=_case_id)
+def test_window_overlap_matches_a_brute_force_count(case):
+    kernel, stride, dilation, _ = _geometry(case)
+    index = _window_index(_grid(kernel), kernel, stride, dilation, (0,) * len(kernel))
+    counted = np.bincount(index.ravel()).max()
+    assert max_window_overlap(kernel, stride, dilation) == counted
+    coarse = math.prod(min(k, -(-((k - 1) * dil + 1) // s))
+                       for k, s, dil in zip(kernel, stride, dilation))
+    assert counted <= coarse
+
+
+@pytest.mark.parametrize("case", MAX_CASES, ids=_case_id)
+def test_maxpool_random_pairs_stay_below_the_bound(case):
+    kernel, stride, dilation, padding = _geometry(case)
+    shape = _grid(kernel)
+    index = _window_index(shape, kernel, stride, dilation, padding)
+    bound = float(maxpool_lipschitz(kernel, stride, dilation))
+    rng = np.random.default_rng(0)
+    for scale in (1.0, 1e-3):  # far pairs and near pairs (the local Jacobian regime)
+        a = rng.standard_normal((100, math.prod(shape)))
+        b = a + scale * rng.standard_normal(a.shape)
+        for first, second in zip(a, b):
+            ratio = (np.linalg.norm(_maxpool(first, index) - _maxpool(second, index))
+                     / np.linalg.norm(first - second))
+            assert ratio <= bound * (1 + 1e-12)
+
+
+@pytest.mark.parametrize("case", MAX_CASES, ids=_case_id)
+def test_maxpool_bound_is_attained_by_a_spike_in_the_most_covered_entry(case):
+    kernel, stride, dilation, _ = _geometry(case)
+    shape = _grid(kernel)
+    index = _window_index(shape, kernel, stride, dilation, (0,) * len(kernel))
+    spike = np.zeros(math.prod(shape))
+    spike[np.argmax(np.bincount(index.ravel()))] = 1.0
+    ratio = np.linalg.norm(_maxpool(spike, index) - _maxpool(np.zeros_like(spike), index))
+    assert ratio == pytest.approx(float(maxpool_lipschitz(kernel, stride, dilation)), rel=1e-15)
+
+
+@pytest.mark.parametrize("case", AVG_CASES, ids=_case_id)
+def test_avgpool_operator_norm_stays_below_the_bound(case):
+    kernel, stride, dilation, padding = _geometry(case)
+    shape = _grid(kernel)
+    operator = _avgpool_operator(shape, _window_index(shape, kernel, stride, dilation, padding))
+    assert np.linalg.norm(operator, 2) <= float(avgpool_lipschitz(kernel, stride)) * (1 + 1e-12)
+
+
+@pytest.mark.parametrize("kernel", [2, 3, (2, 2), (3, 2)], ids=lambda k: f"k{k}")
+def test_avgpool_bound_is_exact_for_non_overlapping_windows(kernel):
+    kernel = tuple(np.atleast_1d(kernel))
+    shape = (60,) if len(kernel) == 1 else (12, 12)
+    index = _window_index(shape, kernel, kernel, (1,) * len(kernel), (0,) * len(kernel))
+    norm = np.linalg.norm(_avgpool_operator(shape, index), 2)
+    assert norm == pytest.approx(float(avgpool_lipschitz(kernel)), rel=1e-12)
+
+
+@pytest.mark.parametrize(("kernel", "stride"), [(2, 1), (4, 2), (6, 3), ((2, 2), (1, 1)),
+                                                ((4, 2), (2, 1))],
+                         ids=["k2-s1", "k4-s2", "k6-s3", "k2x2-s1x1", "k4x2-s2x1"])
+def test_avgpool_bound_is_nearly_attained_when_the_stride_divides_the_kernel(kernel, stride):
+    kernel, stride = tuple(np.atleast_1d(kernel)), tuple(np.atleast_1d(stride))
+    shape = (400,) if len(kernel) == 1 else (24, 24)
+    index = _window_index(shape, kernel, stride, (1,) * len(kernel), (0,) * len(kernel))
+    norm = np.linalg.norm(_avgpool_operator(shape, index), 2)
+    bound = float(avgpool_lipschitz(kernel, stride))
+    assert 0.98 * bound <= norm <= bound * (1 + 1e-12)
+
+
+def test_closed_forms():
+    assert maxpool_lipschitz(3, 1) == sympy.sqrt(3)
+    assert maxpool_lipschitz((3, 3), (2, 2)) == 2
+    assert maxpool_lipschitz(3, 2, ndim=2) == maxpool_lipschitz((3, 3), (2, 2))
+    assert maxpool_lipschitz(2, 2, dilation=3) == 1
+    assert avgpool_lipschitz((3, 3), (2, 2)) == Rational(2, 3)
+    assert avgpool_lipschitz(2, 3) == 1 / sympy.sqrt(2)
+
+
+def test_global_average_pooling():
+    assert global_avgpool_lipschitz(49) == Rational(1, 7)
+    assert np.linalg.norm(np.full((1, 10), 0.1), 2) == pytest.approx(
+        float(global_avgpool_lipschitz(10)), rel=1e-15)
+    H, W = sympy.symbols("H W", positive=True)
+    assert sympy.simplify(global_avgpool_lipschitz(H * W) ** 2 - 1 / (H * W)) == 0
+
+
+@pytest.mark.parametrize(("call", "match"), [
+    (lambda: maxpool_lipschitz(0), r"maxpool_lipschitz: expected kernel_size to be a positive "
+                                   r"integer or a tuple of them, got 0"),
+    (lambda: maxpool_lipschitz(True), "expected kernel_size to be a positive integer"),
+    (lambda: avgpool_lipschitz((2, 2), (1, 1, 1)), "expected sizes with one entry per "
+                                                   "spatial dimension"),
+    (lambda: maxpool_lipschitz((2, 2), ndim=3), r"expected 3 entries per size \(ndim=3\)"),
+    (lambda: avgpool_lipschitz(2, ndim=0), "expected a positive integer ndim, got 0"),
+    (lambda: maxpool_lipschitz(2, 1.5), "expected stride to be a positive integer"),
+    (lambda: max_window_overlap(2, dilation=-1), "expected dilation to be a positive integer"),
+    (lambda: global_avgpool_lipschitz(0), "global_avgpool_lipschitz: expected a positive "
+                                          "integer or expression, got 0"),
+    (lambda: global_avgpool_lipschitz(2.5), "expected a positive integer or expression"),
+    (lambda: global_avgpool_lipschitz(-Symbol("n", positive=True)),
+     "expected a positive integer or expression, got -n"),
+], ids=["zero-kernel", "bool-kernel", "length-mismatch", "ndim-mismatch", "bad-ndim",
+        "float-stride", "negative-dilation", "global-zero", "global-float", "global-negative"])
+def test_invalid_geometry_raises(call, match):
+    with pytest.raises(ParameterError, match=match):
+        call()

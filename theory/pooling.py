@@ -1,0 +1,292 @@
+r"""Exact Lipschitz constants of max pooling and average pooling.
+
+Both bounds come from one count: how many pooling windows can contain the same input
+entry. Along one spatial dimension with kernel :math:`k`, stride :math:`s` and dilation
+:math:`\mathrm{dil}`, window :math:`j` covers positions :math:`j s + i\,\mathrm{dil}`,
+:math:`0 \le i < k`, and an input at position :math:`t` lies in window :math:`j` for the
+pairs :math:`(i, j)` with :math:`j s = t - i\,\mathrm{dil}`. As :math:`i` runs over
+:math:`0, \dots, k-1` the residue :math:`i\,\mathrm{dil} \bmod s` has period
+:math:`s / g`, :math:`g = \gcd(\mathrm{dil}, s)`, so at most
+
+.. math::
+
+   n = \Big\lceil \frac{k\, g}{s} \Big\rceil
+     \;\le\; \min\Big(k, \Big\lceil \frac{(k-1)\,\mathrm{dil} + 1}{s} \Big\rceil\Big)
+
+windows contain one input, with equality in the interior of a long enough grid. Windows
+in several dimensions are products of one-dimensional windows, so the count is
+:math:`N = \prod_d n_d`. Padding and ``ceil_mode`` only add or remove windows on the
+same stride lattice, so :math:`N` bounds the count for every padding.
+
+Sizes are ints or tuples with one entry per spatial dimension. An int stands for the
+same value in every dimension; when every size is an int, the number of spatial
+dimensions is ``ndim`` (default 1), so pass ``ndim=2`` for a ``MaxPool2d(3, 2)``.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+
+import sympy
+
+from theory.errors import ParameterError
+
+__all__ = ["max_window_overlap", "maxpool_lipschitz", "avgpool_lipschitz",
+           "global_avgpool_lipschitz"]
+
+
+def _sizes(function: str, ndim: int | None, **sizes) -> dict[str, tuple[int, ...]]:
+    """Broadcast int-or-tuple sizes to one positive int per spatial dimension."""
+    lengths = {len(value) for value in sizes.values() if isinstance(value, (tuple, list))}
+    if len(lengths) > 1:
+        raise ParameterError(f"{function}: expected sizes with one entry per spatial dimension, "
+                             f"got {sizes}.")
+    if ndim is not None and (isinstance(ndim, bool) or not isinstance(ndim, int) or ndim < 1):
+        raise ParameterError(f"{function}: expected a positive integer ndim, got {ndim!r}.")
+    count = lengths.pop() if lengths else (ndim or 1)
+    if ndim is not None and count != ndim:
+        raise ParameterError(f"{function}: expected {ndim} entries per size (ndim={ndim}), "
+                             f"got {sizes}.")
+    broadcast = {}
+    for name, value in sizes.items():
+        entries = tuple(value) if isinstance(value, (tuple, list)) else (value,) * count
+        broadcast[name] = tuple(_positive_integer(entry, name, value, function)
+                                for entry in entries)
+    return broadcast
+
+
+def _positive_integer(entry, name: str, value, function: str) -> int:
+    """``entry`` as an int (any integral type: int, numpy or SymPy integers), or raise."""
+    try:
+        integer = operator.index(entry)
+    except TypeError:
+        integer = None
+    if isinstance(entry, bool) or integer is None or integer < 1:
+        raise ParameterError(f"{function}: expected {name} to be a positive integer "
+                             f"or a tuple of them, got {value!r}.")
+    return integer
+
+
+def _overlap(kernel: int, stride: int, dilation: int) -> int:
+    """Largest number of windows containing one input along one dimension."""
+    return -(-kernel * math.gcd(dilation, stride) // stride)
+
+
+def max_window_overlap(kernel_size, stride=None, dilation=1, *, ndim=None) -> int:
+    r"""Largest number :math:`N` of pooling windows that contain one input entry.
+
+    Parameters
+    ----------
+    kernel_size, stride, dilation : int or tuple of int
+        Pooling geometry, one entry per spatial dimension; ``stride`` defaults to
+        ``kernel_size``.
+    ndim : int, optional
+        Number of spatial dimensions when every size is an int (default 1).
+
+    Returns
+    -------
+    int
+        :math:`N = \prod_d \lceil k_d \gcd(\mathrm{dil}_d, s_d) / s_d \rceil`, exact on an
+        unbounded grid (see the module notes); an upper bound on every finite or padded
+        grid. Without dilation :math:`N = \prod_d \lceil k_d / s_d \rceil`.
+
+    Raises
+    ------
+    ParameterError
+        If a size is not a positive integer, or the tuples disagree in length or with
+        ``ndim``.
+
+    Examples
+    --------
+    >>> max_window_overlap(3, 1)
+    3
+    >>> max_window_overlap((3, 3), (2, 2))
+    4
+    >>> max_window_overlap(2, 2, dilation=3)
+    1
+    """
+    return _window_overlap("max_window_overlap", kernel_size, stride, dilation, ndim)
+
+
+def _window_overlap(function: str, kernel_size, stride, dilation, ndim) -> int:
+    sizes = _sizes(function, ndim, kernel_size=kernel_size,
+                   stride=kernel_size if stride is None else stride, dilation=dilation)
+    return math.prod(_overlap(k, s, dil) for k, s, dil in
+                     zip(sizes["kernel_size"], sizes["stride"], sizes["dilation"]))
+
+
+def maxpool_lipschitz(kernel_size, stride=None, dilation=1, *, ndim=None) -> sympy.Expr:
+    r"""Lipschitz constant :math:`\sqrt{N}` of max pooling, :math:`N` the window overlap.
+
+    Parameters
+    ----------
+    kernel_size, stride, dilation : int or tuple of int
+        Pooling geometry as in ``torch.nn.MaxPool{1,2,3}d``, one entry per spatial
+        dimension; ``stride`` defaults to ``kernel_size``. Any padding and
+        ``ceil_mode`` are covered.
+    ndim : int, optional
+        Number of spatial dimensions when every size is an int (default 1).
+
+    Returns
+    -------
+    sympy.Expr
+        :math:`\sqrt{N}` with :math:`N = \prod_d n_d` from :func:`max_window_overlap`. A
+        certified bound, attained (take two inputs differing in one interior entry
+        that is the maximum of all its windows), so it is the exact constant on a grid
+        large enough to have an input covered :math:`N` times.
+
+    Raises
+    ------
+    ParameterError
+        If a size is not a positive integer, or the tuples disagree in length or with
+        ``ndim``.
+
+    Notes
+    -----
+    For any window :math:`w`, :math:`|\max_{i \in w} a_i - \max_{i \in w} b_i| \le
+    \max_{i \in w} |a_i - b_i|` (if :math:`a_{i^*}` is the larger maximum,
+    :math:`\max a - \max b \le a_{i^*} - b_{i^*}`). Squaring and summing over windows,
+
+    .. math::
+
+       \|\mathrm{MP}(a) - \mathrm{MP}(b)\|^2
+       \le \sum_w \max_{i \in w} (a_i - b_i)^2
+       \le \sum_w \sum_{i \in w} (a_i - b_i)^2
+       \le N \|a - b\|^2 ,
+
+    since each input is counted in at most :math:`N` windows. Padding with
+    :math:`-\infty` never becomes a maximum, so it changes nothing. Along one
+    dimension :math:`n = \lceil k/s \rceil` without dilation; for instance kernel 3,
+    stride 1 gives :math:`\sqrt 3`, and non-overlapping windows give 1.
+
+    References
+    ----------
+    .. [1] K. Scaman and A. Virmaux, "Lipschitz regularity of deep neural networks:
+       analysis and efficient estimation", NeurIPS 2018, arXiv:1805.10965.
+
+    Examples
+    --------
+    >>> maxpool_lipschitz(2)
+    1
+    >>> maxpool_lipschitz(3, 1)
+    sqrt(3)
+    >>> maxpool_lipschitz((3, 3), (2, 2))
+    2
+    >>> maxpool_lipschitz(3, 2, ndim=2)
+    2
+    """
+    overlap = _window_overlap("maxpool_lipschitz", kernel_size, stride, dilation, ndim)
+    return sympy.sqrt(sympy.Integer(overlap))
+
+
+def avgpool_lipschitz(kernel_size, stride=None, *, ndim=None) -> sympy.Expr:
+    r"""Bound :math:`\sqrt{\prod_d \lceil k_d/s_d \rceil / k_d}` on the norm of average pooling.
+
+    Parameters
+    ----------
+    kernel_size, stride : int or tuple of int
+        Pooling geometry as in ``torch.nn.AvgPool{1,2,3}d``, one entry per spatial
+        dimension; ``stride`` defaults to ``kernel_size``.
+    ndim : int, optional
+        Number of spatial dimensions when every size is an int (default 1).
+
+    Returns
+    -------
+    sympy.Expr
+        A certified upper bound on the spectral norm (= Lipschitz constant) of the
+        linear pooling operator :math:`A` whose divisor is the full window size
+        :math:`\prod_d k_d`. Exact for non-overlapping windows (:math:`s_d = k_d`:
+        :math:`1/\sqrt{\prod k_d}`), approached on long grids when every
+        :math:`s_d` divides :math:`k_d`.
+
+    Raises
+    ------
+    ParameterError
+        If a size is not a positive integer, or the tuples disagree in length or with
+        ``ndim``.
+
+    Notes
+    -----
+    Each row of :math:`A` (a window) has at most :math:`\prod k_d` entries
+    :math:`1/\prod k_d`, so :math:`\|A\|_\infty \le 1`; each column (an input) has at
+    most :math:`N = \prod_d \lceil k_d/s_d \rceil` such entries, so
+    :math:`\|A\|_1 \le N / \prod k_d`. By the Schur test (Riesz–Thorin),
+
+    .. math::
+
+       \|A\|_2 \le \sqrt{\|A\|_1 \|A\|_\infty} \le \sqrt{N / \textstyle\prod_d k_d} .
+
+    Zero padding counted in the divisor (``count_include_pad=True``, the default) only
+    removes entries from rows, so it does not increase the bound. A different divisor
+    (``count_include_pad=False``, the partial windows of ``ceil_mode=True``,
+    ``divisor_override``) enlarges entries near the border; such operators are the
+    caller's business and are not covered.
+
+    References
+    ----------
+    .. [1] K. Scaman and A. Virmaux, "Lipschitz regularity of deep neural networks:
+       analysis and efficient estimation", NeurIPS 2018, arXiv:1805.10965.
+    .. [2] I. Schur, "Bemerkungen zur Theorie der beschränkten Bilinearformen mit
+       unendlich vielen Veränderlichen", J. reine angew. Math. 140 (1911).
+
+    Examples
+    --------
+    >>> avgpool_lipschitz(2)
+    sqrt(2)/2
+    >>> avgpool_lipschitz((2, 2))
+    1/2
+    >>> avgpool_lipschitz(3, 1)
+    1
+    """
+    sizes = _sizes("avgpool_lipschitz", ndim, kernel_size=kernel_size,
+                   stride=kernel_size if stride is None else stride)
+    overlap = math.prod(_overlap(k, s, 1) for k, s in zip(sizes["kernel_size"], sizes["stride"]))
+    return sympy.sqrt(sympy.Rational(overlap, math.prod(sizes["kernel_size"])))
+
+
+def global_avgpool_lipschitz(n) -> sympy.Expr:
+    r"""Norm :math:`1/\sqrt{n}` of the average of :math:`n` entries (global average pooling).
+
+    Parameters
+    ----------
+    n : int or sympy.Expr
+        Number of averaged entries per channel (e.g. ``H * W``); symbols are accepted
+        and rejected only if provably not positive.
+
+    Returns
+    -------
+    sympy.Expr
+        :math:`1/\sqrt n`, the exact spectral norm of :math:`x \mapsto \frac1n
+        \mathbf 1^\top x`, applied channel by channel (a block-diagonal operator has the
+        norm of its largest block).
+
+    Raises
+    ------
+    ParameterError
+        If ``n`` is a number that is not a positive integer, or an expression that is
+        provably not positive.
+
+    Notes
+    -----
+    :math:`\|\tfrac1n \mathbf 1^\top\|_2 = \|\mathbf 1\|/n = \sqrt n / n`.
+
+    Examples
+    --------
+    >>> global_avgpool_lipschitz(49)
+    1/7
+    >>> from sympy import Symbol
+    >>> global_avgpool_lipschitz(Symbol("H", positive=True) * Symbol("W", positive=True))
+    1/(sqrt(H)*sqrt(W))
+    """
+    try:
+        value = sympy.sympify(n, strict=True)
+    except sympy.SympifyError:
+        raise ParameterError(
+            f"global_avgpool_lipschitz: expected a positive integer or expression, got {n!r}."
+        ) from None
+    if (isinstance(n, bool) or not isinstance(value, sympy.Expr) or value.is_positive is False
+            or (value.is_number and not (value.is_Integer and value >= 1))):
+        raise ParameterError(
+            f"global_avgpool_lipschitz: expected a positive integer or expression, got {n!r}.")
+    return 1 / sympy.sqrt(value)
