@@ -1,8 +1,46 @@
 """Closed-form bounds on the input-Fisher spectral norm from architecture graphs.
 
-networkx + SymPy + :mod:`theory`; never torch.
+networkx + SymPy + :mod:`theory`; never torch. An architecture is a
+:class:`networkx.DiGraph` of the schema in :mod:`bounds.schema` (``docs/internals.md``);
+:func:`derive` turns it into a :class:`Bound` on the Lipschitz constant of the logits and
+on :math:`\\lambda_{\\max}(F(x)) \\le \\tfrac12 \\operatorname{Lip}(f)^2`;
+:mod:`bounds.families` builds VGG, ResNet, DenseNet and Transformer graphs,
+:func:`closed_form` gives their bounds with symbolic depth and :func:`rank` compares them.
+
+Examples
+--------
+>>> import bounds
+>>> bounds.derive(bounds.densenet(2, shared=True)).lipschitz
+h**2 + 1
+>>> bounds.closed_form("densenet", "n", shared=True)
+(h**2 + 1)**(n/2)
 """
 
-from bounds.errors import BoundsError, GraphValidationError, UnboundSymbolError
+from bounds import families
+from bounds.closed_forms import closed_form, depth_symbol
+from bounds.derive import Bound, EvaluatedBound, derive, propagate
+from bounds.errors import (
+    BoundsError,
+    FamilyError,
+    GraphFormatError,
+    GraphValidationError,
+    UnboundSymbolError,
+)
+from bounds.families import FAMILIES, PRESETS, densenet, preset, resnet, transformer, vgg
+from bounds.io import graph_from_data, graph_to_data, read_graph, write_graph
+from bounds.ranking import PairCondition, Ranking, rank
+from bounds.schema import KINDS, OPS, OpSpec, node_lipschitz, parse_constant, validate
 
-__all__ = ["BoundsError", "GraphValidationError", "UnboundSymbolError"]
+__all__ = [
+    # errors
+    "BoundsError", "FamilyError", "GraphFormatError", "GraphValidationError",
+    "UnboundSymbolError",
+    # schema and files
+    "OPS", "KINDS", "OpSpec", "validate", "node_lipschitz", "parse_constant",
+    "read_graph", "write_graph", "graph_to_data", "graph_from_data",
+    # derivation
+    "Bound", "EvaluatedBound", "derive", "propagate",
+    # families, closed forms, rankings
+    "families", "FAMILIES", "PRESETS", "vgg", "resnet", "densenet", "transformer", "preset",
+    "closed_form", "depth_symbol", "rank", "Ranking", "PairCondition",
+]

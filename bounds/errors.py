@@ -1,6 +1,16 @@
-"""Exceptions raised by :mod:`bounds`."""
+"""Exceptions raised by :mod:`bounds`.
 
-__all__ = ["BoundsError", "GraphValidationError", "UnboundSymbolError"]
+Every error inherits :class:`BoundsError` and a builtin (:class:`ValueError`), so callers
+may catch either; messages name the culprit (a node, a symbol, a family, a file).
+"""
+
+__all__ = [
+    "BoundsError",
+    "GraphValidationError",
+    "GraphFormatError",
+    "UnboundSymbolError",
+    "FamilyError",
+]
 
 
 class BoundsError(Exception):
@@ -11,5 +21,13 @@ class GraphValidationError(BoundsError, ValueError):
     """An architecture graph breaks the schema; the message names the node."""
 
 
+class GraphFormatError(BoundsError, ValueError):
+    """A graph file is not valid JSON or not a node-link document; the message names the file."""
+
+
 class UnboundSymbolError(BoundsError, ValueError):
     """A bound was evaluated while some of its symbols had no value."""
+
+
+class FamilyError(BoundsError, ValueError):
+    """An unknown architecture family or preset, or an invalid option of a family builder."""

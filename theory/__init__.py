@@ -17,7 +17,7 @@ information at a point where the softmax is ``p`` is at most
 >>> import theory
 >>> a, b = symbols("a b", positive=True)
 >>> L = theory.compose_rule(a, theory.activation_lipschitz("relu"),
-...                         theory.maxpool_lipschitz(3, 1), b)
+...                         theory.maxpool_lipschitz((3,), (1,)), b)
 >>> L
 sqrt(3)*a*b
 >>> theory.softmax_curvature_bound([Rational(1, 2), Rational(1, 2)]) * L**2

@@ -18,9 +18,16 @@ in several dimensions are products of one-dimensional windows, so the count is
 :math:`N = \prod_d n_d`. Padding and ``ceil_mode`` only add or remove windows on the
 same stride lattice, so :math:`N` bounds the count for every padding.
 
-Sizes are ints or tuples with one entry per spatial dimension. An int stands for the
-same value in every dimension; when every size is an int, the number of spatial
-dimensions is ``ndim`` (default 1), so pass ``ndim=2`` for a ``MaxPool2d(3, 2)``.
+Sizes are tuples (or lists) with one entry per spatial dimension, or ints. An int
+stands for the same value in every dimension, so the number of dimensions must come from
+somewhere: from a tuple among the sizes, or from ``ndim``. When every size is an int and
+``ndim`` is not given, the functions raise :class:`~theory.errors.ParameterError` rather
+than guess, because no default is safe: the factor per dimension is at least 1 for max
+pooling and at most 1 for average pooling, so too few dimensions under-estimate max
+pooling (``MaxPool2d(3, 2)`` has constant 2, a 1-D reading gives :math:`\sqrt 2`) and
+too many under-estimate average pooling (``AvgPool1d(2)`` has :math:`1/\sqrt 2`, a 2-D
+reading gives :math:`1/2`). So write ``maxpool_lipschitz((3, 3), (2, 2))`` or
+``maxpool_lipschitz(3, 2, ndim=2)``.
 """
 
 from __future__ import annotations
@@ -44,7 +51,12 @@ def _sizes(function: str, ndim: int | None, **sizes) -> dict[str, tuple[int, ...
                              f"got {sizes}.")
     if ndim is not None and (isinstance(ndim, bool) or not isinstance(ndim, int) or ndim < 1):
         raise ParameterError(f"{function}: expected a positive integer ndim, got {ndim!r}.")
-    count = lengths.pop() if lengths else (ndim or 1)
+    if not lengths and ndim is None:
+        # 3 for MaxPool2d(3) means (3, 3): guessing the dimension could silently halve
+        # the constant, so plain integers need ndim.
+        raise ParameterError(f"{function}: expected tuples with one entry per spatial "
+                             f"dimension or ndim=, got only integers {sizes}.")
+    count = lengths.pop() if lengths else ndim
     if ndim is not None and count != ndim:
         raise ParameterError(f"{function}: expected {ndim} entries per size (ndim={ndim}), "
                              f"got {sizes}.")
@@ -79,10 +91,12 @@ def max_window_overlap(kernel_size, stride=None, dilation=1, *, ndim=None) -> in
     Parameters
     ----------
     kernel_size, stride, dilation : int or tuple of int
-        Pooling geometry, one entry per spatial dimension; ``stride`` defaults to
-        ``kernel_size``.
+        Pooling geometry, tuples (or lists) with one entry per spatial dimension; an int
+        repeats over every dimension. ``stride`` defaults to ``kernel_size``.
     ndim : int, optional
-        Number of spatial dimensions when every size is an int (default 1).
+        Number of spatial dimensions. Required when every size is an int (an int alone
+        does not say how many dimensions it repeats over, and a wrong guess can
+        under-estimate the constant); otherwise, if given, it must match the tuples.
 
     Returns
     -------
@@ -94,17 +108,24 @@ def max_window_overlap(kernel_size, stride=None, dilation=1, *, ndim=None) -> in
     Raises
     ------
     ParameterError
-        If a size is not a positive integer, or the tuples disagree in length or with
-        ``ndim``.
+        If a size is not a positive integer, the tuples disagree in length or with
+        ``ndim``, ``ndim`` is not a positive integer, or every size is an int and
+        ``ndim`` is missing (the number of spatial dimensions would be a guess).
 
     Examples
     --------
-    >>> max_window_overlap(3, 1)
+    >>> max_window_overlap((3,), (1,))
     3
     >>> max_window_overlap((3, 3), (2, 2))
     4
-    >>> max_window_overlap(2, 2, dilation=3)
+    >>> max_window_overlap(3, 2, ndim=2)
+    4
+    >>> max_window_overlap(2, 2, dilation=3, ndim=1)
     1
+    >>> max_window_overlap(3, 2)
+    Traceback (most recent call last):
+    ...
+    theory.errors.ParameterError: max_window_overlap: expected tuples with one entry per spatial dimension or ndim=, got only integers {'kernel_size': 3, 'stride': 2, 'dilation': 1}.
     """
     return _window_overlap("max_window_overlap", kernel_size, stride, dilation, ndim)
 
@@ -122,11 +143,14 @@ def maxpool_lipschitz(kernel_size, stride=None, dilation=1, *, ndim=None) -> sym
     Parameters
     ----------
     kernel_size, stride, dilation : int or tuple of int
-        Pooling geometry as in ``torch.nn.MaxPool{1,2,3}d``, one entry per spatial
-        dimension; ``stride`` defaults to ``kernel_size``. Any padding and
+        Pooling geometry as in ``torch.nn.MaxPool{1,2,3}d``: tuples (or lists) with one
+        entry per spatial dimension; an int repeats over every dimension.
+        ``stride`` defaults to ``kernel_size``. Any padding and
         ``ceil_mode`` are covered.
     ndim : int, optional
-        Number of spatial dimensions when every size is an int (default 1).
+        Number of spatial dimensions. Required when every size is an int (an int alone
+        does not say how many dimensions it repeats over, and a wrong guess can
+        under-estimate the constant); otherwise, if given, it must match the tuples.
 
     Returns
     -------
@@ -139,8 +163,9 @@ def maxpool_lipschitz(kernel_size, stride=None, dilation=1, *, ndim=None) -> sym
     Raises
     ------
     ParameterError
-        If a size is not a positive integer, or the tuples disagree in length or with
-        ``ndim``.
+        If a size is not a positive integer, the tuples disagree in length or with
+        ``ndim``, ``ndim`` is not a positive integer, or every size is an int and
+        ``ndim`` is missing (the number of spatial dimensions would be a guess).
 
     Notes
     -----
@@ -167,9 +192,9 @@ def maxpool_lipschitz(kernel_size, stride=None, dilation=1, *, ndim=None) -> sym
 
     Examples
     --------
-    >>> maxpool_lipschitz(2)
+    >>> maxpool_lipschitz((2,))
     1
-    >>> maxpool_lipschitz(3, 1)
+    >>> maxpool_lipschitz(3, 1, ndim=1)
     sqrt(3)
     >>> maxpool_lipschitz((3, 3), (2, 2))
     2
@@ -186,10 +211,13 @@ def avgpool_lipschitz(kernel_size, stride=None, *, ndim=None) -> sympy.Expr:
     Parameters
     ----------
     kernel_size, stride : int or tuple of int
-        Pooling geometry as in ``torch.nn.AvgPool{1,2,3}d``, one entry per spatial
-        dimension; ``stride`` defaults to ``kernel_size``.
+        Pooling geometry as in ``torch.nn.AvgPool{1,2,3}d``: tuples (or lists) with one
+        entry per spatial dimension; an int repeats over every dimension.
+        ``stride`` defaults to ``kernel_size``.
     ndim : int, optional
-        Number of spatial dimensions when every size is an int (default 1).
+        Number of spatial dimensions. Required when every size is an int (an int alone
+        does not say how many dimensions it repeats over, and a wrong guess can
+        under-estimate the constant); otherwise, if given, it must match the tuples.
 
     Returns
     -------
@@ -203,8 +231,9 @@ def avgpool_lipschitz(kernel_size, stride=None, *, ndim=None) -> sympy.Expr:
     Raises
     ------
     ParameterError
-        If a size is not a positive integer, or the tuples disagree in length or with
-        ``ndim``.
+        If a size is not a positive integer, the tuples disagree in length or with
+        ``ndim``, ``ndim`` is not a positive integer, or every size is an int and
+        ``ndim`` is missing (the number of spatial dimensions would be a guess).
 
     Notes
     -----
@@ -232,11 +261,13 @@ def avgpool_lipschitz(kernel_size, stride=None, *, ndim=None) -> sympy.Expr:
 
     Examples
     --------
-    >>> avgpool_lipschitz(2)
+    >>> avgpool_lipschitz((2,))
     sqrt(2)/2
     >>> avgpool_lipschitz((2, 2))
     1/2
-    >>> avgpool_lipschitz(3, 1)
+    >>> avgpool_lipschitz(2, ndim=2)
+    1/2
+    >>> avgpool_lipschitz((3,), (1,))
     1
     """
     sizes = _sizes("avgpool_lipschitz", ndim, kernel_size=kernel_size,

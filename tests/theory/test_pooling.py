@@ -140,12 +140,55 @@ def test_avgpool_bound_is_nearly_attained_when_the_stride_divides_the_kernel(ker
 
 
 def test_closed_forms():
-    assert maxpool_lipschitz(3, 1) == sympy.sqrt(3)
+    assert maxpool_lipschitz(3, 1, ndim=1) == sympy.sqrt(3)
+    assert maxpool_lipschitz((3,), (1,)) == sympy.sqrt(3)
     assert maxpool_lipschitz((3, 3), (2, 2)) == 2
     assert maxpool_lipschitz(3, 2, ndim=2) == maxpool_lipschitz((3, 3), (2, 2))
-    assert maxpool_lipschitz(2, 2, dilation=3) == 1
+    assert maxpool_lipschitz(2, 2, dilation=3, ndim=1) == 1
     assert avgpool_lipschitz((3, 3), (2, 2)) == Rational(2, 3)
-    assert avgpool_lipschitz(2, 3) == 1 / sympy.sqrt(2)
+    assert avgpool_lipschitz(2, 3, ndim=1) == 1 / sympy.sqrt(2)
+
+
+def test_one_tuple_fixes_the_dimension_for_the_int_sizes():
+    assert maxpool_lipschitz((3, 3), 2) == maxpool_lipschitz(3, (2, 2)) == 2
+    assert max_window_overlap(3, 1, (1, 1, 1)) == 27
+    assert avgpool_lipschitz(2, (2, 2)) == Rational(1, 2)
+
+
+def test_lists_are_read_like_tuples():
+    # graph files store sizes as JSON lists
+    assert maxpool_lipschitz([3, 3], [2, 2], [1, 1]) == maxpool_lipschitz((3, 3), (2, 2)) == 2
+    assert max_window_overlap([3], [1]) == 3
+    assert avgpool_lipschitz([2, 2], [2, 2]) == Rational(1, 2)
+
+
+def test_the_dimension_changes_the_constant_in_both_directions():
+    # why an int alone is refused: a 1-D reading of MaxPool2d(3, 2) under-estimates it,
+    # a 2-D reading of AvgPool1d(2) under-estimates that
+    assert maxpool_lipschitz(3, 2, ndim=1) < maxpool_lipschitz(3, 2, ndim=2)
+    assert avgpool_lipschitz(2, ndim=2) < avgpool_lipschitz(2, ndim=1)
+
+
+_ONLY_INTS = r"expected tuples with one entry per spatial dimension or ndim=, got only integers"
+
+
+def test_max_window_overlap_refuses_ints_without_ndim():
+    with pytest.raises(ParameterError, match=rf"max_window_overlap: {_ONLY_INTS} "
+                                             r"\{'kernel_size': 3, 'stride': 2, 'dilation': 1\}"):
+        max_window_overlap(3, 2)
+
+
+def test_maxpool_lipschitz_refuses_ints_without_ndim():
+    with pytest.raises(ParameterError, match=rf"maxpool_lipschitz: {_ONLY_INTS}"):
+        maxpool_lipschitz(3, 2)
+    with pytest.raises(ParameterError, match=rf"maxpool_lipschitz: {_ONLY_INTS}"):
+        maxpool_lipschitz(2)  # stride defaults to the kernel: still only ints
+
+
+def test_avgpool_lipschitz_refuses_ints_without_ndim():
+    with pytest.raises(ParameterError, match=rf"avgpool_lipschitz: {_ONLY_INTS} "
+                                             r"\{'kernel_size': 2, 'stride': 2\}"):
+        avgpool_lipschitz(2)
 
 
 def test_global_average_pooling():
@@ -157,15 +200,16 @@ def test_global_average_pooling():
 
 
 @pytest.mark.parametrize(("call", "match"), [
-    (lambda: maxpool_lipschitz(0), r"maxpool_lipschitz: expected kernel_size to be a positive "
-                                   r"integer or a tuple of them, got 0"),
-    (lambda: maxpool_lipschitz(True), "expected kernel_size to be a positive integer"),
+    (lambda: maxpool_lipschitz(0, ndim=1), r"maxpool_lipschitz: expected kernel_size to be a "
+                                           r"positive integer or a tuple of them, got 0"),
+    (lambda: maxpool_lipschitz((True,)), "expected kernel_size to be a positive integer"),
     (lambda: avgpool_lipschitz((2, 2), (1, 1, 1)), "expected sizes with one entry per "
                                                    "spatial dimension"),
     (lambda: maxpool_lipschitz((2, 2), ndim=3), r"expected 3 entries per size \(ndim=3\)"),
     (lambda: avgpool_lipschitz(2, ndim=0), "expected a positive integer ndim, got 0"),
-    (lambda: maxpool_lipschitz(2, 1.5), "expected stride to be a positive integer"),
-    (lambda: max_window_overlap(2, dilation=-1), "expected dilation to be a positive integer"),
+    (lambda: maxpool_lipschitz((2, 2), 1.5), "expected stride to be a positive integer"),
+    (lambda: max_window_overlap(2, dilation=-1, ndim=2), "expected dilation to be a positive "
+                                                         "integer"),
     (lambda: global_avgpool_lipschitz(0), "global_avgpool_lipschitz: expected a positive "
                                           "integer or expression, got 0"),
     (lambda: global_avgpool_lipschitz(2.5), "expected a positive integer or expression"),
