@@ -1,0 +1,106 @@
+"""Issue 7: a torchrun launch with 2 gloo ranks reproduces the single-process check, and a
+killed run resumes without recomputing what it had finished."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+MODEL = '''
+import torch
+from torch import nn
+
+def build():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Flatten(), nn.Linear(64, 10))
+'''
+
+FAST = ["--data", "digits", "--samples", "12", "--chunk-size", "4", "--queries", "30",
+        "--attack-steps", "20", "--attack-restarts", "1", "--pgd-steps", "5",
+        "--pgd-restarts", "1", "--pgd-l2", "0.5", "--pgd-linf", "0.05", "--quiet"]
+
+PER_SAMPLE = ("lambda_max", "local_bound", "trace", "blackbox", "attack_radius",
+              "certified_radius", "margin")
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    env.pop("RANK", None)
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def _check(tmp_path: Path, out: str, launcher: list[str], extra=()) -> subprocess.Popen:
+    args = [*launcher, "-m", "numeric.cli", "check", "--model",
+            str(tmp_path / "net.py") + ":build", *FAST, "--out", str(tmp_path / out), *extra]
+    return subprocess.Popen(args, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc: subprocess.Popen) -> None:
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{stdout[-2000:]}\n{stderr[-3000:]}"
+
+
+def _samples(tmp_path: Path, out: str) -> list[dict]:
+    document = json.loads((tmp_path / out / "results.json").read_text())
+    return document["models"][0]["samples"]
+
+
+def _assert_same(a: list[dict], b: list[dict]) -> None:
+    assert [r["index"] for r in a] == [r["index"] for r in b] == list(range(12))
+    for ra, rb in zip(a, b):
+        for key in PER_SAMPLE:
+            assert ra[key] == pytest.approx(rb[key], rel=1e-6, abs=1e-12), (ra["index"], key)
+        assert ra["pred"] == rb["pred"]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("dist")
+    (path / "net.py").write_text(MODEL)
+    return path
+
+
+@pytest.fixture(scope="module")
+def single(workdir):
+    _finish(_check(workdir, "single", [sys.executable]))
+    return _samples(workdir, "single")
+
+
+def test_two_gloo_ranks_reproduce_one_process(workdir, single):
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node", "2"]
+    _finish(_check(workdir, "two", launcher))
+    _assert_same(single, _samples(workdir, "two"))
+    logs = sorted((workdir / "two" / ".progress").rglob("*.jsonl"))
+    assert [p.name.rsplit(".", 2)[1] for p in logs] == ["rank0", "rank1"]
+
+
+def test_killed_run_resumes_and_skips_finished_chunks(workdir, single):
+    proc = _check(workdir, "killed", [sys.executable])
+    progress = workdir / "killed" / ".progress"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        logs = list(progress.rglob("*.jsonl")) if progress.exists() else []
+        if logs and logs[0].read_text().count("\n") >= 1:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (workdir / "killed" / "report.md").exists()
+    (log,) = progress.rglob("*.jsonl")
+    done_before = [json.loads(line)["chunk"] for line in log.read_text().splitlines()
+                   if line.endswith("}")]
+    assert 1 <= len(done_before) < 3
+    _finish(_check(workdir, "killed", [sys.executable]))
+    chunks = [json.loads(line)["chunk"] for line in log.read_text().splitlines()]
+    assert sorted(chunks) == [0, 1, 2], "a finished chunk was computed twice"
+    _assert_same(single, _samples(workdir, "killed"))
