@@ -60,8 +60,8 @@ def _hutch_plus_plus(lin: Linearization, num_probes: int, generator) -> torch.Te
     sketch = draw(sketch_size)
     images = torch.stack([lin.fisher_product(sketch[:, j].reshape(lin.x.shape))
                           .reshape(lin.batch, -1) for j in range(sketch_size)], dim=-1)
-    basis = torch.linalg.qr(images).Q                                # (B, d, s)
-    low_rank = sum(_quadratic_form(lin, basis[:, :, j]) for j in range(sketch_size))
+    basis = torch.linalg.qr(images).Q                       # (B, d, min(d, s))
+    low_rank = sum(_quadratic_form(lin, basis[:, :, j]) for j in range(basis.shape[-1]))
     probes = draw(remaining)
     probes = probes - (probes @ basis) @ basis.transpose(1, 2)       # (I - Q Q^T) g
     residual = sum(_quadratic_form(lin, probes[:, j]) for j in range(remaining))

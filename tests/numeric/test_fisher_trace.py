@@ -80,3 +80,14 @@ def test_unbiased_with_the_stated_variance(method):
         # stated bound 2 ||F||_F^2 / (m - 2s), with slack for the sample variance
         bound = 2 * f.square().sum((1, 2)) / (probes - 2 * (probes // 3))
         assert bool((spread <= 1.5 * bound).all())
+
+
+def test_hutch_plus_plus_with_a_sketch_wider_than_the_input_is_exact():
+    """A sketch of more than d columns spans the whole space: the estimate is exact."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3)).double()
+    x = torch.randn(2, 4, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(1)
+    estimate = fisher_trace(model, x, method="hutch++", num_probes=30, generator=gen)
+    exact = fisher_trace(model, x, method="exact")
+    torch.testing.assert_close(estimate, exact, rtol=1e-10, atol=1e-12)
