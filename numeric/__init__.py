@@ -38,6 +38,8 @@ _LAZY = {
     # torch -> graph bridge and certified bounds (numeric.graph)
     "module_graph": "numeric.graph",
     "fisher_bound": "numeric.graph",
+    "fisher_bounds": "numeric.graph",
+    "lipschitz_bound": "numeric.graph",
     "register_rule": "numeric.graph",
     "linear_operator_norm": "numeric.graph",
     "conv_operator_norm_bound": "numeric.graph",
