@@ -63,6 +63,7 @@ class ModelInfo:
     plain_bound: float
     certified: bool
     depth: int | None = None
+    layer_constant: float | None = None
 
 
 @dataclass
@@ -139,19 +140,73 @@ def validate_model(name: str, model: nn.Module, x: torch.Tensor, num_classes: in
 def _model_info(name: str, spec: str, model: nn.Module, example: torch.Tensor,
                 num_classes: int) -> ModelInfo:
     import bounds
-    from numeric.graph import fisher_bound, module_graph
+    from numeric.graph import CERTIFICATION_FACTOR, fisher_bound, module_graph
     global_bound = float(fisher_bound(model, example))
+    # the certified radius needs the Lipschitz constant of the (uncentred) logits
     graph = module_graph(model, example, centre_logits=False)
-    derived = bounds.derive(graph)
-    lipschitz = float(bounds.propagate(graph))
-    plain = module_graph(model, example, fold_batchnorm=False, centre_logits=False)
-    plain_bound = 0.5 * float(bounds.propagate(plain)) ** 2
+    # (the factor covers the rounding of the float propagation, as in lipschitz_bound)
+    lipschitz = float(bounds.propagate(graph, check=False)) * CERTIFICATION_FACTOR
+    plain = module_graph(model, example, fold_batchnorm=False, centre_logits=False,
+                         merge_pooling=False)
+    plain_bound = 0.5 * float(bounds.propagate(plain, check=False)) ** 2
+    certified = all(data.get("certified", True) for _, data in graph.nodes(data=True))
     return ModelInfo(name=name, spec=spec, family=infer_family(spec, model),
                      parameters=sum(p.numel() for p in model.parameters()),
                      num_classes=num_classes, global_bound=global_bound,
-                     lipschitz=lipschitz, plain_bound=plain_bound,
-                     certified=bool(derived.certified),
-                     depth=_depth(graph))
+                     lipschitz=lipschitz, plain_bound=plain_bound, certified=certified,
+                     depth=_depth(graph), layer_constant=_layer_constant(graph))
+
+
+def _layer_constant(G) -> float | None:
+    """Geometric mean of the constants of the conv and linear nodes of a traced graph."""
+    values = [float(data["lipschitz"]) for _, data in G.nodes(data=True)
+              if data.get("op") in ("conv", "linear") and data.get("lipschitz") is not None]
+    values = [v for v in values if v > 0]
+    return math.exp(sum(map(math.log, values)) / len(values)) if values else None
+
+
+def closed_form_for(spec: str, model: nn.Module):
+    """The family closed form (SymPy) of a model, or ``None`` when it has no family.
+
+    torchvision models named like a :data:`bounds.PRESETS` entry use that preset; other
+    models may declare ``fimbound_family`` and ``fimbound_depth`` (the ``depth`` argument
+    of :func:`bounds.closed_form`).
+    """
+    import bounds
+    name = spec.split(":", 1)[-1]
+    if spec.startswith("torchvision:") and name in bounds.PRESETS:
+        return bounds.derive(bounds.preset(name)).lipschitz
+    family = getattr(model, "fimbound_family", None)
+    depth = getattr(model, "fimbound_depth", None)
+    if family is None or depth is None:
+        return None
+    return bounds.closed_form(family, depth=depth, shared=True)
+
+
+def theory_scores(models: Sequence[tuple[str, str, nn.Module]], infos: Sequence[ModelInfo]
+                  ) -> tuple[dict[str, float], str]:
+    """Closed-form family bounds with one shared per-layer constant, for the ranking.
+
+    Every symbol of every closed form is set to the same value ``h``: the geometric mean of
+    the certified conv/linear constants of all the models checked together. This is the
+    "same per-layer constants" comparison of the theoretical ranking; it is only defined
+    when every model has a family closed form.
+    """
+    forms = {name: closed_form_for(spec, model) for name, spec, model in models}
+    constants = [i.layer_constant for i in infos if i.layer_constant]
+    if any(form is None for form in forms.values()) or not constants:
+        return {}, ""
+    h = math.exp(sum(map(math.log, constants)) / len(constants))
+    scores = {}
+    for name, form in forms.items():
+        value = form.subs({symbol: h for symbol in form.free_symbols})
+        scores[name] = 0.5 * float(value) ** 2
+    note = (f"The **theory** ranking evaluates each model's family closed form "
+            f"(Lipschitz bound with symbolic per-layer constants) with every per-layer "
+            f"constant set to the same value h = {h:.4g}, the geometric mean of the "
+            f"certified conv/linear norms of all checked models; it ranks architectures, "
+            f"not weights.")
+    return scores, note
 
 
 def _depth(G) -> int:
@@ -281,7 +336,11 @@ def check_models(models: Sequence[tuple[str, str, nn.Module]], x: torch.Tensor,
     if not ctx.is_main:
         return None
     result = CheckResult(settings=settings, data_name=data_name, models=results)
-    result.analysis = analyse(result)
+    scores, note = theory_scores(models, [m.info for m in results])
+    result.analysis = analyse(result, scores or None)
+    if note:
+        result.analysis["rankings"]["theory_note"] = note
+        result.analysis["rankings"]["theory_scores"] = scores
     return result
 
 
