@@ -48,6 +48,7 @@ _LAZY = {
     "load_data": "numeric.data",
     "minimum_norm_attack": "numeric.attacks",
     "pgd_attack": "numeric.attacks",
+    "robust_accuracy": "numeric.attacks",
 }
 
 __all__ = [
