@@ -76,6 +76,8 @@ class SmallVGG(nn.Sequential):
             *_conv_bn_relu(a, b), *_conv_bn_relu(b, b), nn.MaxPool2d(2),
             nn.AdaptiveAvgPool2d((2, 2)), nn.Flatten(),
             nn.Linear(4 * b, 64), nn.ReLU(), nn.Linear(64, num_classes))
+        # family and closed-form depth (bounds.closed_form) for the theoretical ranking
+        self.fimbound_family, self.fimbound_depth = "vgg", 6
 
 
 class BasicBlock(nn.Module):
@@ -124,6 +126,7 @@ class SmallResNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()
         self.fc = nn.Linear(b, num_classes)
+        self.fimbound_family, self.fimbound_depth = "resnet", len(self.blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.flatten(self.pool(self.blocks(self.stem(x)))))
@@ -175,6 +178,7 @@ class SmallDenseNet(nn.Module):
         self.block2 = nn.Sequential(*block2)
         self.head = nn.Sequential(nn.BatchNorm2d(channels), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                                   nn.Flatten(), nn.Linear(channels, num_classes))
+        self.fimbound_family, self.fimbound_depth = "densenet", tuple(layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.block2(self.transition(self.block1(self.stem(x)))))
@@ -243,6 +247,7 @@ class SmallViT(nn.Module):
         self.blocks = nn.Sequential(*[EncoderBlock(dim, heads, mlp_dim) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
+        self.fimbound_family, self.fimbound_depth = "transformer", depth
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         tokens = self.flatten(self.patch_embed(x)).transpose(1, 2)

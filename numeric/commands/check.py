@@ -50,6 +50,8 @@ def add_check_options(parser: argparse.ArgumentParser, defaults=None) -> None:
                         help=f"PGD steps (default: {d.pgd_steps})")
     parser.add_argument("--pgd-restarts", type=int, default=d.pgd_restarts,
                         help=f"PGD random restarts (default: {d.pgd_restarts})")
+    parser.add_argument("--bootstrap", type=int, default=d.bootstrap,
+                        help=f"bootstrap resamples of every interval (default: {d.bootstrap})")
     parser.add_argument("--chunk-size", type=int, default=d.chunk_size,
                         help=f"samples per unit of work and of resumption "
                              f"(default: {d.chunk_size})")
@@ -85,7 +87,8 @@ def settings_from(args: argparse.Namespace):
                          queries=args.queries, attack_steps=args.attack_steps,
                          attack_restarts=args.attack_restarts, pgd_l2=tuple(args.pgd_l2),
                          pgd_linf=tuple(args.pgd_linf), pgd_steps=args.pgd_steps,
-                         pgd_restarts=args.pgd_restarts)
+                         pgd_restarts=args.pgd_restarts,
+                         bootstrap=getattr(args, "bootstrap", CheckSettings.bootstrap))
 
 
 def run_check(models, data, settings, args, run_settings: dict) -> int:

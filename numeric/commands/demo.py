@@ -24,7 +24,10 @@ FAMILIES = ("vgg", "resnet", "densenet", "vit")
 
 def _demo_settings():
     from numeric.check import CheckSettings
-    return CheckSettings(samples=60, attack_steps=100, pgd_steps=20, pgd_restarts=2)
+    # sized so that a run from the weights cache takes about a minute on 2 cores; the
+    # attack keeps its restarts and refinement (its strength), PGD its 20 steps
+    return CheckSettings(samples=40, chunk_size=20, attack_steps=50, attack_restarts=2,
+                         pgd_steps=20, pgd_restarts=1, bootstrap=1000)
 
 
 DEMO_SETTINGS = _demo_settings()

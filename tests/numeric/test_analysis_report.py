@@ -110,3 +110,15 @@ def test_markdown_lists_violations():
     result.models[0].records[3]["lambda_max"] = 1e9
     result.analysis = analyse(result)
     assert "VIOLATIONS" in markdown_report(result, [])
+
+
+def test_vectorised_rank_statistics_match_scipy_with_ties():
+    from scipy import stats
+
+    from numeric.analysis import _kendall, _spearman
+    rng = np.random.default_rng(3)
+    u = rng.integers(0, 6, size=(7, 25)).astype(float)   # many ties
+    v = u + rng.normal(size=(7, 25))
+    for row in range(7):
+        assert _spearman(u, v)[row] == pytest.approx(stats.spearmanr(u[row], v[row]).statistic)
+        assert _kendall(u, v)[row] == pytest.approx(stats.kendalltau(u[row], v[row]).statistic)
