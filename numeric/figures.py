@@ -45,7 +45,7 @@ def _colors(n: int):
 
 
 def _bounds_vs_measured(result: "CheckResult", path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(result.models), 4.2))
+    fig, ax = plt.subplots(figsize=(3.2 + 1.3 * len(result.models), 4.2))
     rng = np.random.default_rng(0)
     for i, (model, color) in enumerate(zip(result.models, _colors(len(result.models)))):
         lam = np.array([r["lambda_max"] for r in model.records])
@@ -62,7 +62,7 @@ def _bounds_vs_measured(result: "CheckResult", path: Path) -> None:
                   rotation=30, ha="right")
     ax.set_ylabel("λ_max of the input Fisher information (log)")
     ax.set_title("Certified bounds vs measured λ_max(F(x))")
-    ax.legend(loc="best", fontsize=8)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     ax.grid(axis="y", which="major", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=130)
@@ -70,7 +70,7 @@ def _bounds_vs_measured(result: "CheckResult", path: Path) -> None:
 
 
 def _lambda_vs_radius(result: "CheckResult", path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    fig, ax = plt.subplots(figsize=(8.6, 4.6))
     for model, color in zip(result.models, _colors(len(result.models))):
         lam = np.array([r["lambda_max"] for r in model.records])
         rad = np.array([r["attack_radius"] for r in model.records])
@@ -84,7 +84,7 @@ def _lambda_vs_radius(result: "CheckResult", path: Path) -> None:
     ax.set_xlabel("smallest adversarial L2 perturbation found (log)")
     ax.set_ylabel("λ_max(F(x)) (log)")
     ax.set_title("Fisher sensitivity against attack radius, per sample")
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3, which="major")
     fig.tight_layout()
     fig.savefig(path, dpi=130)
