@@ -18,6 +18,8 @@ import time
 
 import torch
 
+from benchmarks._threads import single_threaded
+
 __all__ = ["run"]
 
 
@@ -71,12 +73,7 @@ def _table(kind: str, batch: int, budgets: tuple[int, ...]) -> str:
 
 def run(quick: bool = False) -> str:
     """Markdown section: black-box error at fixed budgets, ours beside the paper's."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _run(quick)
-    finally:
-        torch.set_num_threads(threads)
+    return single_threaded(_run, quick)
 
 
 def _run(quick: bool) -> str:

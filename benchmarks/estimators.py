@@ -25,6 +25,8 @@ import time
 import torch
 from torch import nn
 
+from benchmarks._threads import single_threaded
+
 __all__ = ["run", "SmallCNN", "SmallViT", "benchmark_model", "torchvision_section"]
 
 
@@ -258,12 +260,7 @@ def run(quick: bool = False) -> str:
     CPU timings use one thread (restored afterwards): the machines this runs on are
     shared, and one thread keeps the side-by-side ratios stable.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _run(quick)
-    finally:
-        torch.set_num_threads(threads)
+    return single_threaded(_run, quick)
 
 
 def _run(quick: bool) -> str:

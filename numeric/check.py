@@ -140,12 +140,11 @@ def validate_model(name: str, model: nn.Module, x: torch.Tensor, num_classes: in
 def _model_info(name: str, spec: str, model: nn.Module, example: torch.Tensor,
                 num_classes: int) -> ModelInfo:
     import bounds
-    from numeric.graph import CERTIFICATION_FACTOR, fisher_bound, module_graph
+    from numeric.graph import fisher_bound, graph_lipschitz_bound, module_graph
     global_bound = float(fisher_bound(model, example))
     # the certified radius needs the Lipschitz constant of the (uncentred) logits
     graph = module_graph(model, example, centre_logits=False)
-    # (the factor covers the rounding of the float propagation, as in lipschitz_bound)
-    lipschitz = float(bounds.propagate(graph, check=False)) * CERTIFICATION_FACTOR
+    lipschitz = graph_lipschitz_bound(graph)
     plain = module_graph(model, example, fold_batchnorm=False, centre_logits=False,
                          merge_pooling=False)
     plain_bound = 0.5 * float(bounds.propagate(plain, check=False)) ** 2
@@ -343,7 +342,3 @@ def check_models(models: Sequence[tuple[str, str, nn.Module]], x: torch.Tensor,
         result.analysis["rankings"]["theory_scores"] = scores
     return result
 
-
-def as_array(records: list[dict], key: str) -> np.ndarray:
-    """One per-sample field as a float array."""
-    return np.array([float(r[key]) for r in records], dtype=float)

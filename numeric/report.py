@@ -36,12 +36,12 @@ def _ci(values: list[float]) -> str:
 
 
 def _json_default(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
+    """numpy scalars (non-finite ones as strings, like :func:`_clean`), else ``str``."""
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
         return str(value)
+    return number if math.isfinite(number) else str(number)
 
 
 def _clean(obj):

@@ -91,13 +91,12 @@ def settings_from(args: argparse.Namespace):
                          bootstrap=getattr(args, "bootstrap", CheckSettings.bootstrap))
 
 
-def run_check(models, data, settings, args, run_settings: dict) -> int:
+def run_check(models, data, settings, args, run_settings: dict, ctx) -> int:
     """Shared tail of ``check`` and ``demo``: evaluate, report, print, exit status."""
     from numeric.check import check_models
     from numeric.report import summary_table, write_report
     from numeric.runner import ResultLog, run_key
 
-    ctx = args._ctx
     out = Path(args.out)
     key = run_key(**run_settings)
 
@@ -142,7 +141,6 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"check: expected one --name per --model ({len(args.model)}), "
                          f"got {len(args.name)}.")
     ctx = run_context(args.device, True if args.distributed else None)
-    args._ctx = ctx
     data = load_data(args.data, samples=settings.samples, split="test", seed=settings.seed)
     weights = args.weights or [None] * len(args.model)
     names = args.name or [_display_name(spec, i, args.model) for i, spec in
@@ -155,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         models.append((name, spec, model))
     run_settings = {"models": list(zip(args.model, map(file_fingerprint, weights), names)),
                     "data": args.data, "settings": settings.__dict__}
-    return run_check(models, data, settings, args, run_settings)
+    return run_check(models, data, settings, args, run_settings, ctx)
 
 
 def _display_name(spec: str, i: int, specs: list[str]) -> str:

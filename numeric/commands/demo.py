@@ -51,7 +51,6 @@ def run(args: argparse.Namespace) -> int:
 
     settings = settings_from(args)
     ctx = run_context(args.device or "cpu", True if args.distributed else None)
-    args._ctx = ctx
     start = time.perf_counter()
     data = load_data("digits", samples=settings.samples, split="test", seed=settings.seed)
     models = []
@@ -67,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
               f"checking {settings.samples} digits test samples each", file=sys.stderr)
     run_settings = {"demo": [m[0] for m in models], "settings": settings.__dict__,
                     "cache": args.cache_dir}
-    status = run_check(models, data, settings, args, run_settings)
+    status = run_check(models, data, settings, args, run_settings, ctx)
     if ctx.is_main and not args.json:
         print(f"[demo] done in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return status

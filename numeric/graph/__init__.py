@@ -13,7 +13,8 @@ Layout: :mod:`~numeric.graph.norms` (operator norms), :mod:`~numeric.graph.regis
 (tracing and graph building), :mod:`~numeric.graph.bound` (global and local bounds).
 """
 
-from numeric.graph.bound import fisher_bound, fisher_bounds, lipschitz_bound, module_graph
+from numeric.graph.bound import (fisher_bound, fisher_bounds, graph_lipschitz_bound,
+                                 lipschitz_bound, module_graph)
 from numeric.graph.norms import (
     CERTIFICATION_FACTOR,
     conv_operator_norm_bound,
@@ -38,6 +39,7 @@ __all__ = [
     "fisher_bound",
     "fisher_bounds",
     "lipschitz_bound",
+    "graph_lipschitz_bound",
     "register_rule",
     "lookup_rule",
     "linear_operator_norm",

@@ -829,7 +829,7 @@ def _mul(ctx: RuleContext) -> NodeSpec:
 
 
 def _div(ctx: RuleContext) -> NodeSpec:
-    numerator, denominator = ctx.args[0], ctx.args[1]
+    denominator = ctx.args[1]
     if getattr(denominator, "traced", False):
         raise unsupported(ctx, "division by an input-dependent tensor has no global "
                                "Lipschitz constant")
