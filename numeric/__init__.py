@@ -21,6 +21,7 @@ from numeric.errors import (
     InputError,
     NumericError,
     TraceError,
+    UnsoundBoundError,
     UnsupportedModuleError,
 )
 
@@ -36,6 +37,8 @@ _LAZY = {
     "blackbox_fisher_top_eigenvalue": "numeric.fisher",
     "BlackboxEstimate": "numeric.fisher",
     # torch -> graph bridge and certified bounds (numeric.graph)
+    "trace_model": "numeric.graph",
+    "TracedModel": "numeric.graph",
     "module_graph": "numeric.graph",
     "fisher_bound": "numeric.graph",
     "fisher_bounds": "numeric.graph",
@@ -56,6 +59,7 @@ __all__ = [
     "InputError",
     "NumericError",
     "TraceError",
+    "UnsoundBoundError",
     "UnsupportedModuleError",
     "__version__",
     *sorted(_LAZY),

@@ -6,6 +6,7 @@ __all__ = [
     "InputError",
     "UnsupportedModuleError",
     "TraceError",
+    "UnsoundBoundError",
 ]
 
 
@@ -32,4 +33,12 @@ class UnsupportedModuleError(NumericError, TypeError):
 
 
 class TraceError(NumericError, RuntimeError):
-    """torch.fx could not trace a model; the message names the untraceable part."""
+    """A model could not be traced; the message names the untraceable part."""
+
+
+class UnsoundBoundError(NumericError, ArithmeticError):
+    """A certified bound came out below a value measured at the inputs it was given.
+
+    Raised by the self-check of the certified entry points instead of returning the number;
+    it always means a bug in a rule (the message names the node chain), never a tolerance.
+    """

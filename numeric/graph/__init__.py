@@ -13,8 +13,9 @@ Layout: :mod:`~numeric.graph.norms` (operator norms), :mod:`~numeric.graph.regis
 (tracing and graph building), :mod:`~numeric.graph.bound` (global and local bounds).
 """
 
-from numeric.graph.bound import (fisher_bound, fisher_bounds, graph_lipschitz_bound,
-                                 lipschitz_bound, module_graph)
+from numeric.graph.bound import (TracedModel, fisher_bound, fisher_bounds,
+                                 graph_lipschitz_bound, lipschitz_bound, module_graph,
+                                 trace_model)
 from numeric.graph.norms import (
     CERTIFICATION_FACTOR,
     conv_operator_norm_bound,
@@ -35,6 +36,8 @@ from numeric.graph.rules import install_default_rules
 install_default_rules()
 
 __all__ = [
+    "trace_model",
+    "TracedModel",
     "module_graph",
     "fisher_bound",
     "fisher_bounds",

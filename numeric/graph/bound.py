@@ -46,9 +46,11 @@ import theory
 from numeric.errors import InputError
 from numeric.graph.norms import CERTIFICATION_FACTOR, linear_operator_norm
 from numeric.graph.registry import GraphOptions
-from numeric.graph.trace import ACTIVATION_OPS, UNIT_OPS, Traced, last_linear, trace_model
+from numeric.graph.trace import ACTIVATION_OPS, UNIT_OPS, Traced, last_linear
+from numeric.graph.trace import trace_model as _trace_graph
 
-__all__ = ["module_graph", "fisher_bound", "fisher_bounds", "lipschitz_bound"]
+__all__ = ["module_graph", "fisher_bound", "fisher_bounds", "lipschitz_bound", "trace_model",
+           "TracedModel"]
 
 
 @contextlib.contextmanager
@@ -84,7 +86,7 @@ def _trace(caller, model, example_input, options: GraphOptions) -> Traced:
     x = example_input if parameter is None else example_input.to(parameter.device,
                                                                  parameter.dtype)
     with _eval_mode(model):
-        return trace_model(model, x, options)
+        return _trace_graph(model, x, options)
 
 
 def module_graph(model: nn.Module, example_input: torch.Tensor, *,
@@ -374,3 +376,63 @@ def _local_fisher(traced: Traced, x: torch.Tensor) -> torch.Tensor:
             value = kappa * jacobian ** 2
         values.append(value * CERTIFICATION_FACTOR)
     return torch.tensor(values, dtype=torch.float64)
+
+
+# =========================================================================== public trace
+
+
+class TracedModel:
+    """A model traced once, with every certified bound the toolkit derives from it.
+
+    Build it with :func:`trace_model`; reuse it for every chunk of a run.
+
+    Attributes
+    ----------
+    graph : networkx.DiGraph
+        The architecture graph with certified constants (:func:`module_graph`).
+    certified : bool
+        False if any node constant is an estimate.
+    """
+
+    def __init__(self, model: nn.Module, example_input: torch.Tensor, options: GraphOptions):
+        self.model = model
+        self.options = options
+        self._traced = _trace("trace_model", model, example_input,
+                              GraphOptions(**{**options.__dict__, "allow_unbounded": True}))
+        bounds.validate(self._traced.G)
+
+    @property
+    def graph(self) -> nx.DiGraph:
+        return self._traced.G
+
+    @property
+    def certified(self) -> bool:
+        return all(data.get("certified", True) for _, data in self.graph.nodes(data=True))
+
+    def fisher_bound(self) -> float:
+        """Certified bound on :math:`\\lambda_{\\max}(F(x))` for every input (``inf`` when
+        the model has none)."""
+        return _global_fisher(self._traced)
+
+    def local_fisher_bound(self, x: torch.Tensor) -> torch.Tensor:
+        """Certified bound on :math:`\\lambda_{\\max}(F(x_b))` at each row, Tensor (B,)."""
+        with _eval_mode(self.model):
+            values = _local_fisher(self._traced, x)
+        return values.clamp_max(self.fisher_bound())
+
+    def lipschitz_bound(self, quantity: str) -> float:
+        """Certified bound on :math:`\\sup_x \\|J(x)\\|_2`: ``quantity="centred_output"`` for
+        the centred output :math:`(I - 11^T/K) f` (what the Fisher information and the
+        margin between two classes depend on); ``"output"`` for the output itself."""
+        if quantity not in ("output", "centred_output"):
+            raise InputError(f"lipschitz_bound: expected quantity 'output' or "
+                             f"'centred_output', got {quantity!r}.")
+        return graph_lipschitz_bound(self.graph)
+
+
+def trace_model(model: nn.Module, example_input: torch.Tensor, *, fold_batchnorm: bool = True,
+                centre_logits: bool = True, merge_pooling: bool = True,
+                conv_method: str = "auto") -> TracedModel:
+    """Trace ``model`` once at the shape of ``example_input``; see :class:`TracedModel`."""
+    return TracedModel(model, example_input,
+                       GraphOptions(fold_batchnorm, centre_logits, merge_pooling, conv_method))
