@@ -170,6 +170,25 @@ def test_bad_input():
     _error(r"expected step to be a positive number, got -1", step=-1)
 
 
+def _rounding_tolerance(result, model, x):
+    r"""Relative change of ``values`` that re-rounding ``log p`` can cause.
+
+    Evaluating the same shifted inputs in batches of another size changes the BLAS
+    summation order, so each ``log p`` moves by a few ulps, ``c eps |log p|`` (``c = 8``
+    here). The sketch multiplies these by ``sqrt(d) / h`` (``A^T`` has norm <= 1), so each
+    whitened sample ``w_i`` (K entries) moves by at most
+    ``delta = sqrt(K d) c eps max|log p| / h``; ``sqrt(lambda_max)`` is the spectral norm
+    of the stacked samples over ``sqrt(m)``, so it moves by at most ``delta`` and
+    ``lambda_max`` by ``2 delta sqrt(lambda) + delta^2``.
+    """
+    with torch.no_grad():
+        log_p = torch.log_softmax(model(x), dim=-1)
+    classes, dim = log_p.shape[1], x[0].numel()
+    eps = torch.finfo(x.dtype).eps
+    delta = (math.sqrt(classes * dim) * 8 * eps * log_p.abs().amax(dim=1) / result.step)
+    return (2 * delta * result.values.sqrt() + delta ** 2) / result.values
+
+
 def test_perturbations_are_evaluated_in_chunks(monkeypatch):
     from numeric.fisher import blackbox as blackbox_module
     model, x = build("mlp", batch=3)
@@ -179,5 +198,8 @@ def test_perturbations_are_evaluated_in_chunks(monkeypatch):
     counter = _Counter(_proba(model))
     chunked = blackbox_fisher_top_eigenvalue(counter, x, 40,
                                              generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(chunked.values, whole.values, rtol=1e-12, atol=0)
+    tolerance = _rounding_tolerance(whole, model, x)
+    assert bool((tolerance < 1e-5).all())   # far below any sampling or direction change
+    assert bool(((chunked.values - whole.values).abs()
+                 <= tolerance * whole.values).all())
     assert sum(counter.calls) == 3 * 40 and max(counter.calls) <= 15
