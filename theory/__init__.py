@@ -52,15 +52,13 @@ from theory.pooling import (
     max_window_overlap,
     maxpool_lipschitz,
 )
-from theory.transformer import (
+from theory.attention import (
     attention_head_lipschitz,
     attention_head_local_lipschitz,
-    layernorm_lipschitz,
-    layernorm_local_lipschitz,
-    layernorm_output_radius,
     multihead_attention_lipschitz,
     pre_ln_attention_lipschitz,
 )
+from theory.layernorm import layernorm_lipschitz, layernorm_local_lipschitz, layernorm_output_radius
 from theory.softmax import (
     SUM_TOLERANCE,
     centred_fisher_bound,

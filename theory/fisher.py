@@ -32,20 +32,25 @@ import sympy
 from sympy import Matrix
 
 from theory.errors import ParameterError
+from theory.docstrings import fill_doc
+from theory.validation import positive_integer
 from theory.softmax import softmax_covariance
 
 __all__ = ["FisherIdentities", "KLExpansion", "fisher_identities", "fisher_information",
            "kl_second_order"]
 
 
+_SIZE_DOCS = {
+    "sizes": "Parameters\n----------\nK : int\n    Number of classes, at least 2.\nd : int\n"
+             "    Input dimension, at least 1.",
+    "raises": "Raises\n------\nParameterError\n    If ``K < 2`` or ``d < 1`` or either is not "
+              "an integer.",
+}
+
+
 def _check_sizes(K, d, function: str) -> tuple[int, int]:
-    if isinstance(K, bool) or not isinstance(K, int) or K < 2:
-        raise ParameterError(f"{function}: expected an integer number of classes K >= 2, "
-                             f"got {K!r}.")
-    if isinstance(d, bool) or not isinstance(d, int) or d < 1:
-        raise ParameterError(f"{function}: expected an integer input dimension d >= 1, "
-                             f"got {d!r}.")
-    return K, d
+    return (positive_integer(function, "the number of classes K", K, minimum=2),
+            positive_integer(function, "the input dimension d", d))
 
 
 def _logits(K: int) -> Matrix:
@@ -166,15 +171,11 @@ class FisherIdentities:
                 and _matrix_vanishes(mean, self.logits))
 
 
+@fill_doc(**_SIZE_DOCS)
 def fisher_identities(K: int, d: int) -> FisherIdentities:
     r"""Build the input Fisher information three ways for a symbolic K-class classifier.
 
-    Parameters
-    ----------
-    K : int
-        Number of classes, at least 2.
-    d : int
-        Input dimension, at least 1.
+    %(sizes)s
 
     Returns
     -------
@@ -182,10 +183,7 @@ def fisher_identities(K: int, d: int) -> FisherIdentities:
         The expressions; call :meth:`FisherIdentities.prove` for the exact proof that
         they coincide.
 
-    Raises
-    ------
-    ParameterError
-        If ``K < 2`` or ``d < 1`` or either is not an integer.
+    %(raises)s
 
     Notes
     -----
@@ -272,15 +270,11 @@ class KLExpansion:
                 and _vanishes(quadratic - self.quadratic_form, self.logits))
 
 
+@fill_doc(**_SIZE_DOCS)
 def kl_second_order(K: int, d: int) -> KLExpansion:
     r"""Show :math:`\mathrm{KL}(p_x \| p_{x+\delta}) = \tfrac12 \delta^\top F \delta + O(\delta^3)`.
 
-    Parameters
-    ----------
-    K : int
-        Number of classes, at least 2.
-    d : int
-        Input dimension, at least 1.
+    %(sizes)s
 
     Returns
     -------
@@ -290,10 +284,7 @@ def kl_second_order(K: int, d: int) -> KLExpansion:
         :math:`\delta`), its Taylor terms up to degree 2, and
         :math:`\tfrac12 \delta^\top F \delta`; :meth:`KLExpansion.prove` shows they agree.
 
-    Raises
-    ------
-    ParameterError
-        If ``K < 2`` or ``d < 1`` or either is not an integer.
+    %(raises)s
 
     Notes
     -----

@@ -21,31 +21,27 @@ from __future__ import annotations
 import sympy
 
 from theory.errors import ParameterError
+from theory.docstrings import SCAMAN_VIRMAUX, fill_doc
+from theory.validation import nonnegative
 
 __all__ = ["compose_rule", "sum_rule", "concat_rule"]
+
+_RULE_DOCS = {
+    "raises": "Raises\n------\nParameterError\n    If no constant is given, or one is not "
+              "a scalar, or is provably negative.",
+    "references": "References\n----------\n" + SCAMAN_VIRMAUX,
+}
 
 
 def _constants(constants: tuple, function: str) -> list[sympy.Expr]:
     """Sympify and check constants; raise only when one is provably not a valid constant."""
     if not constants:
         raise ParameterError(f"{function}: expected at least one constant, got none.")
-    values = []
-    for i, constant in enumerate(constants):
-        try:
-            value = sympy.sympify(constant, strict=True)
-        except sympy.SympifyError:
-            raise ParameterError(f"{function}: expected SymPy expressions or numbers, "
-                                 f"got {constant!r} at position {i}.") from None
-        if not isinstance(value, sympy.Expr) or value.is_Matrix or value.has(sympy.S.NaN):
-            raise ParameterError(f"{function}: expected a scalar constant, "
-                                 f"got {constant!r} at position {i}.")
-        if value.is_extended_real is False or value.is_negative:
-            raise ParameterError(f"{function}: expected non-negative constants, "
-                                 f"got {value} at position {i}.")
-        values.append(value)
-    return values
+    return [nonnegative(function, f"constants[{i}]", constant, finite=False)
+            for i, constant in enumerate(constants)]
 
 
+@fill_doc(**_RULE_DOCS)
 def compose_rule(*constants) -> sympy.Expr:
     r"""Constant of a composition :math:`g_n \circ \dots \circ g_1`: :math:`\prod_i L_i`.
 
@@ -61,10 +57,7 @@ def compose_rule(*constants) -> sympy.Expr:
     sympy.Expr
         :math:`\prod_i L_i`, a certified bound whenever every :math:`L_i` is.
 
-    Raises
-    ------
-    ParameterError
-        If no constant is given, or one is not a scalar, or is provably negative.
+    %(raises)s
 
     Notes
     -----
@@ -79,10 +72,7 @@ def compose_rule(*constants) -> sympy.Expr:
     :math:`\partial (g \circ f)(x) = \partial g(f(x))\, \partial f(x)`, and the spectral
     norm is submultiplicative: :math:`\|AB\|_2 \le \|A\|_2 \|B\|_2`.
 
-    References
-    ----------
-    .. [1] K. Scaman and A. Virmaux, "Lipschitz regularity of deep neural networks:
-       analysis and efficient estimation", NeurIPS 2018, arXiv:1805.10965.
+    %(references)s
 
     Examples
     --------
@@ -93,6 +83,7 @@ def compose_rule(*constants) -> sympy.Expr:
     return sympy.Mul(*_constants(constants, "compose_rule"))
 
 
+@fill_doc(**_RULE_DOCS)
 def sum_rule(*constants) -> sympy.Expr:
     r"""Constant of a sum of branches :math:`h = \sum_i g_i` fed by one input: :math:`\sum_i L_i`.
 
@@ -108,10 +99,7 @@ def sum_rule(*constants) -> sympy.Expr:
         :math:`\sum_i L_i`, a certified bound whenever every :math:`L_i` is. A residual
         block :math:`x + g(x)` gets :math:`1 + L_g`.
 
-    Raises
-    ------
-    ParameterError
-        If no constant is given, or one is not a scalar, or is provably negative.
+    %(raises)s
 
     Notes
     -----
@@ -125,10 +113,7 @@ def sum_rule(*constants) -> sympy.Expr:
     Proof (at a point). :math:`\partial h(x) = \sum_i \partial g_i(x)` and the spectral
     norm obeys the triangle inequality.
 
-    References
-    ----------
-    .. [1] K. Scaman and A. Virmaux, "Lipschitz regularity of deep neural networks:
-       analysis and efficient estimation", NeurIPS 2018, arXiv:1805.10965.
+    %(references)s
 
     Examples
     --------
@@ -139,6 +124,7 @@ def sum_rule(*constants) -> sympy.Expr:
     return sympy.Add(*_constants(constants, "sum_rule"))
 
 
+@fill_doc(**_RULE_DOCS)
 def concat_rule(*constants) -> sympy.Expr:
     r"""Constant of a concatenation :math:`x \mapsto (g_i(x))_i`: :math:`\sqrt{\sum_i L_i^2}`.
 
@@ -155,10 +141,7 @@ def concat_rule(*constants) -> sympy.Expr:
         never more than :math:`\sum_i L_i`. A dense connection
         :math:`x \mapsto (x, g(x))` gets :math:`\sqrt{1 + L_g^2}`.
 
-    Raises
-    ------
-    ParameterError
-        If no constant is given, or one is not a scalar, or is provably negative.
+    %(raises)s
 
     Notes
     -----
@@ -173,10 +156,7 @@ def concat_rule(*constants) -> sympy.Expr:
     Proof (at a point). The Jacobian is the stack :math:`[A_1; \dots; A_n]` and
     :math:`\|[A_1; \dots; A_n] v\|^2 = \sum_i \|A_i v\|^2 \le \sum_i \|A_i\|_2^2 \|v\|^2`.
 
-    References
-    ----------
-    .. [1] K. Scaman and A. Virmaux, "Lipschitz regularity of deep neural networks:
-       analysis and efficient estimation", NeurIPS 2018, arXiv:1805.10965.
+    %(references)s
 
     Examples
     --------

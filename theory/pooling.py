@@ -33,14 +33,27 @@ reading gives :math:`1/2`). So write ``maxpool_lipschitz((3, 3), (2, 2))`` or
 from __future__ import annotations
 
 import math
-import operator
 
 import sympy
 
+from theory.docstrings import SCAMAN_VIRMAUX, fill_doc
 from theory.errors import ParameterError
+from theory.validation import positive, positive_integer
 
 __all__ = ["max_window_overlap", "maxpool_lipschitz", "avgpool_lipschitz",
            "global_avgpool_lipschitz"]
+
+_POOLING_DOCS = {
+    "ndim": "ndim : int, optional\n    Number of spatial dimensions. Required when every size "
+            "is an int (an int alone\n    does not say how many dimensions it repeats over, "
+            "and a wrong guess can\n    under-estimate the constant); otherwise, if given, it "
+            "must match the tuples.",
+    "raises": "Raises\n------\nParameterError\n    If a size is not a positive integer, the "
+              "tuples disagree in length or with\n    ``ndim``, ``ndim`` is not a positive "
+              "integer, or every size is an int and\n    ``ndim`` is missing (the number of "
+              "spatial dimensions would be a guess).",
+    "references": "References\n----------\n" + SCAMAN_VIRMAUX,
+}
 
 
 def _sizes(function: str, ndim: int | None, **sizes) -> dict[str, tuple[int, ...]]:
@@ -49,8 +62,8 @@ def _sizes(function: str, ndim: int | None, **sizes) -> dict[str, tuple[int, ...
     if len(lengths) > 1:
         raise ParameterError(f"{function}: expected sizes with one entry per spatial dimension, "
                              f"got {sizes}.")
-    if ndim is not None and (isinstance(ndim, bool) or not isinstance(ndim, int) or ndim < 1):
-        raise ParameterError(f"{function}: expected a positive integer ndim, got {ndim!r}.")
+    if ndim is not None:
+        ndim = positive_integer(function, "ndim", ndim)
     if not lengths and ndim is None:
         # 3 for MaxPool2d(3) means (3, 3): guessing the dimension could silently halve
         # the constant, so plain integers need ndim.
@@ -63,21 +76,8 @@ def _sizes(function: str, ndim: int | None, **sizes) -> dict[str, tuple[int, ...
     broadcast = {}
     for name, value in sizes.items():
         entries = tuple(value) if isinstance(value, (tuple, list)) else (value,) * count
-        broadcast[name] = tuple(_positive_integer(entry, name, value, function)
-                                for entry in entries)
+        broadcast[name] = tuple(positive_integer(function, name, entry) for entry in entries)
     return broadcast
-
-
-def _positive_integer(entry, name: str, value, function: str) -> int:
-    """``entry`` as an int (any integral type: int, numpy or SymPy integers), or raise."""
-    try:
-        integer = operator.index(entry)
-    except TypeError:
-        integer = None
-    if isinstance(entry, bool) or integer is None or integer < 1:
-        raise ParameterError(f"{function}: expected {name} to be a positive integer "
-                             f"or a tuple of them, got {value!r}.")
-    return integer
 
 
 def _overlap(kernel: int, stride: int, dilation: int) -> int:
@@ -85,6 +85,7 @@ def _overlap(kernel: int, stride: int, dilation: int) -> int:
     return -(-kernel * math.gcd(dilation, stride) // stride)
 
 
+@fill_doc(**_POOLING_DOCS)
 def max_window_overlap(kernel_size, stride=None, dilation=1, *, ndim=None) -> int:
     r"""Largest number :math:`N` of pooling windows that contain one input entry.
 
@@ -93,10 +94,7 @@ def max_window_overlap(kernel_size, stride=None, dilation=1, *, ndim=None) -> in
     kernel_size, stride, dilation : int or tuple of int
         Pooling geometry, tuples (or lists) with one entry per spatial dimension; an int
         repeats over every dimension. ``stride`` defaults to ``kernel_size``.
-    ndim : int, optional
-        Number of spatial dimensions. Required when every size is an int (an int alone
-        does not say how many dimensions it repeats over, and a wrong guess can
-        under-estimate the constant); otherwise, if given, it must match the tuples.
+    %(ndim)s
 
     Returns
     -------
@@ -105,12 +103,7 @@ def max_window_overlap(kernel_size, stride=None, dilation=1, *, ndim=None) -> in
         unbounded grid (see the module notes); an upper bound on every finite or padded
         grid. Without dilation :math:`N = \prod_d \lceil k_d / s_d \rceil`.
 
-    Raises
-    ------
-    ParameterError
-        If a size is not a positive integer, the tuples disagree in length or with
-        ``ndim``, ``ndim`` is not a positive integer, or every size is an int and
-        ``ndim`` is missing (the number of spatial dimensions would be a guess).
+    %(raises)s
 
     Examples
     --------
@@ -137,6 +130,7 @@ def _window_overlap(function: str, kernel_size, stride, dilation, ndim) -> int:
                      zip(sizes["kernel_size"], sizes["stride"], sizes["dilation"]))
 
 
+@fill_doc(**_POOLING_DOCS)
 def maxpool_lipschitz(kernel_size, stride=None, dilation=1, *, ndim=None) -> sympy.Expr:
     r"""Lipschitz constant :math:`\sqrt{N}` of max pooling, :math:`N` the window overlap.
 
@@ -147,10 +141,7 @@ def maxpool_lipschitz(kernel_size, stride=None, dilation=1, *, ndim=None) -> sym
         entry per spatial dimension; an int repeats over every dimension.
         ``stride`` defaults to ``kernel_size``. Any padding and
         ``ceil_mode`` are covered.
-    ndim : int, optional
-        Number of spatial dimensions. Required when every size is an int (an int alone
-        does not say how many dimensions it repeats over, and a wrong guess can
-        under-estimate the constant); otherwise, if given, it must match the tuples.
+    %(ndim)s
 
     Returns
     -------
@@ -160,12 +151,7 @@ def maxpool_lipschitz(kernel_size, stride=None, dilation=1, *, ndim=None) -> sym
         that is the maximum of all its windows), so it is the exact constant on a grid
         large enough to have an input covered :math:`N` times.
 
-    Raises
-    ------
-    ParameterError
-        If a size is not a positive integer, the tuples disagree in length or with
-        ``ndim``, ``ndim`` is not a positive integer, or every size is an int and
-        ``ndim`` is missing (the number of spatial dimensions would be a guess).
+    %(raises)s
 
     Notes
     -----
@@ -185,10 +171,7 @@ def maxpool_lipschitz(kernel_size, stride=None, dilation=1, *, ndim=None) -> sym
     dimension :math:`n = \lceil k/s \rceil` without dilation; for instance kernel 3,
     stride 1 gives :math:`\sqrt 3`, and non-overlapping windows give 1.
 
-    References
-    ----------
-    .. [1] K. Scaman and A. Virmaux, "Lipschitz regularity of deep neural networks:
-       analysis and efficient estimation", NeurIPS 2018, arXiv:1805.10965.
+    %(references)s
 
     Examples
     --------
@@ -205,6 +188,7 @@ def maxpool_lipschitz(kernel_size, stride=None, dilation=1, *, ndim=None) -> sym
     return sympy.sqrt(sympy.Integer(overlap))
 
 
+@fill_doc(**_POOLING_DOCS)
 def avgpool_lipschitz(kernel_size, stride=None, *, ndim=None) -> sympy.Expr:
     r"""Bound :math:`\sqrt{\prod_d \lceil k_d/s_d \rceil / k_d}` on the norm of average pooling.
 
@@ -214,10 +198,7 @@ def avgpool_lipschitz(kernel_size, stride=None, *, ndim=None) -> sympy.Expr:
         Pooling geometry as in ``torch.nn.AvgPool{1,2,3}d``: tuples (or lists) with one
         entry per spatial dimension; an int repeats over every dimension.
         ``stride`` defaults to ``kernel_size``.
-    ndim : int, optional
-        Number of spatial dimensions. Required when every size is an int (an int alone
-        does not say how many dimensions it repeats over, and a wrong guess can
-        under-estimate the constant); otherwise, if given, it must match the tuples.
+    %(ndim)s
 
     Returns
     -------
@@ -228,12 +209,7 @@ def avgpool_lipschitz(kernel_size, stride=None, *, ndim=None) -> sympy.Expr:
         :math:`1/\sqrt{\prod k_d}`), approached on long grids when every
         :math:`s_d` divides :math:`k_d`.
 
-    Raises
-    ------
-    ParameterError
-        If a size is not a positive integer, the tuples disagree in length or with
-        ``ndim``, ``ndim`` is not a positive integer, or every size is an int and
-        ``ndim`` is missing (the number of spatial dimensions would be a guess).
+    %(raises)s
 
     Notes
     -----
@@ -252,10 +228,7 @@ def avgpool_lipschitz(kernel_size, stride=None, *, ndim=None) -> sympy.Expr:
     ``divisor_override``) enlarges entries near the border; such operators are the
     caller's business and are not covered.
 
-    References
-    ----------
-    .. [1] K. Scaman and A. Virmaux, "Lipschitz regularity of deep neural networks:
-       analysis and efficient estimation", NeurIPS 2018, arXiv:1805.10965.
+    %(references)s
     .. [2] I. Schur, "Bemerkungen zur Theorie der beschränkten Bilinearformen mit
        unendlich vielen Veränderlichen", J. reine angew. Math. 140 (1911).
 
@@ -310,14 +283,8 @@ def global_avgpool_lipschitz(n) -> sympy.Expr:
     >>> global_avgpool_lipschitz(Symbol("H", positive=True) * Symbol("W", positive=True))
     1/(sqrt(H)*sqrt(W))
     """
-    try:
-        value = sympy.sympify(n, strict=True)
-    except sympy.SympifyError:
-        raise ParameterError(
-            f"global_avgpool_lipschitz: expected a positive integer or expression, got {n!r}."
-        ) from None
-    if (isinstance(n, bool) or not isinstance(value, sympy.Expr) or value.is_positive is False
-            or (value.is_number and not (value.is_Integer and value >= 1))):
-        raise ParameterError(
-            f"global_avgpool_lipschitz: expected a positive integer or expression, got {n!r}.")
+    function = "global_avgpool_lipschitz"
+    value = positive(function, "n", n)
+    if value.is_number:
+        value = sympy.Integer(positive_integer(function, "n", n))
     return 1 / sympy.sqrt(value)

@@ -25,6 +25,7 @@ import sympy
 from sympy import Matrix, S
 
 from theory.errors import ParameterError, ProbabilityError
+from theory.validation import positive_integer
 
 __all__ = [
     "SUM_TOLERANCE",
@@ -257,12 +258,6 @@ def softmax_curvature_bound(p):
     return max(0.0, min(0.5, max(values), trace))
 
 
-def _dimension(K, function: str) -> int:
-    if isinstance(K, bool) or not isinstance(K, (int, sympy.Integer)) or K < 1:
-        raise ParameterError(f"{function}: expected a positive integer K, got {K!r}.")
-    return int(K)
-
-
 def centring_matrix(K) -> Matrix:
     r"""The centring projection :math:`C = I - \mathbf 1 \mathbf 1^\top / K`.
 
@@ -295,7 +290,7 @@ def centring_matrix(K) -> Matrix:
     [ 1/2, -1/2],
     [-1/2,  1/2]])
     """
-    K = _dimension(K, "centring_matrix")
+    K = positive_integer("centring_matrix", "K", K)
     return sympy.eye(K) - sympy.ones(K, K) / K
 
 

@@ -200,21 +200,21 @@ def test_global_average_pooling():
 
 
 @pytest.mark.parametrize(("call", "match"), [
-    (lambda: maxpool_lipschitz(0, ndim=1), r"maxpool_lipschitz: expected kernel_size to be a "
-                                           r"positive integer or a tuple of them, got 0"),
-    (lambda: maxpool_lipschitz((True,)), "expected kernel_size to be a positive integer"),
+    (lambda: maxpool_lipschitz(0, ndim=1), r"maxpool_lipschitz: expected kernel_size to be an "
+                                           r"integer >= 1, got 0"),
+    (lambda: maxpool_lipschitz((True,)), "expected kernel_size to be an integer >= 1, got True"),
     (lambda: avgpool_lipschitz((2, 2), (1, 1, 1)), "expected sizes with one entry per "
                                                    "spatial dimension"),
     (lambda: maxpool_lipschitz((2, 2), ndim=3), r"expected 3 entries per size \(ndim=3\)"),
-    (lambda: avgpool_lipschitz(2, ndim=0), "expected a positive integer ndim, got 0"),
-    (lambda: maxpool_lipschitz((2, 2), 1.5), "expected stride to be a positive integer"),
-    (lambda: max_window_overlap(2, dilation=-1, ndim=2), "expected dilation to be a positive "
-                                                         "integer"),
-    (lambda: global_avgpool_lipschitz(0), "global_avgpool_lipschitz: expected a positive "
-                                          "integer or expression, got 0"),
-    (lambda: global_avgpool_lipschitz(2.5), "expected a positive integer or expression"),
+    (lambda: avgpool_lipschitz(2, ndim=0), "expected ndim to be an integer >= 1, got 0"),
+    (lambda: maxpool_lipschitz((2, 2), 1.5), "expected stride to be an integer >= 1, got 1.5"),
+    (lambda: max_window_overlap(2, dilation=-1, ndim=2), "expected dilation to be an integer "
+                                                         ">= 1, got -1"),
+    (lambda: global_avgpool_lipschitz(0), "global_avgpool_lipschitz: expected n > 0, "
+                                          "got 0"),
+    (lambda: global_avgpool_lipschitz(2.5), "expected n to be an integer >= 1, got 2.5"),
     (lambda: global_avgpool_lipschitz(-Symbol("n", positive=True)),
-     "expected a positive integer or expression, got -n"),
+     "expected n > 0, got -n"),
 ], ids=["zero-kernel", "bool-kernel", "length-mismatch", "ndim-mismatch", "bad-ndim",
         "float-stride", "negative-dilation", "global-zero", "global-float", "global-negative"])
 def test_invalid_geometry_raises(call, match):
