@@ -28,9 +28,9 @@ from theory.activations import (
     ACTIVATIONS,
     Activation,
     activation_lipschitz,
-    certify_activation_constant,
-    prove_derivative_bound,
+    second_derivative_bound,
 )
+from theory.certification import certify_activation_constant, prove_derivative_bound
 from theory.errors import (
     CertificationError,
     ParameterError,
@@ -80,8 +80,8 @@ __all__ = [
     "kl_second_order",
     # Lipschitz calculus
     "compose_rule", "sum_rule", "concat_rule",
-    "Activation", "ACTIVATIONS", "activation_lipschitz", "certify_activation_constant",
-    "prove_derivative_bound",
+    "Activation", "ACTIVATIONS", "activation_lipschitz", "second_derivative_bound",
+    "certify_activation_constant", "prove_derivative_bound",
     "max_window_overlap", "maxpool_lipschitz", "avgpool_lipschitz",
     "global_avgpool_lipschitz",
     # LayerNorm and attention on their stated domains
