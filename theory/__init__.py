@@ -47,6 +47,7 @@ from theory.fisher import (
 )
 from theory.lipschitz import compose_rule, concat_rule, sum_rule
 from theory.pooling import (
+    adaptive_avgpool_lipschitz,
     avgpool_lipschitz,
     global_avgpool_lipschitz,
     max_window_overlap,
@@ -83,7 +84,7 @@ __all__ = [
     "Activation", "ACTIVATIONS", "activation_lipschitz", "second_derivative_bound",
     "certify_activation_constant", "prove_derivative_bound",
     "max_window_overlap", "maxpool_lipschitz", "avgpool_lipschitz",
-    "global_avgpool_lipschitz",
+    "global_avgpool_lipschitz", "adaptive_avgpool_lipschitz",
     # LayerNorm and attention on their stated domains
     "layernorm_lipschitz", "layernorm_local_lipschitz", "layernorm_output_radius",
     "attention_head_lipschitz", "attention_head_local_lipschitz",

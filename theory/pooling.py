@@ -41,7 +41,7 @@ from theory.errors import ParameterError
 from theory.validation import positive, positive_integer
 
 __all__ = ["max_window_overlap", "maxpool_lipschitz", "avgpool_lipschitz",
-           "global_avgpool_lipschitz"]
+           "global_avgpool_lipschitz", "adaptive_avgpool_lipschitz"]
 
 _POOLING_DOCS = {
     "ndim": "ndim : int, optional\n    Number of spatial dimensions. Required when every size "
@@ -288,3 +288,93 @@ def global_avgpool_lipschitz(n) -> sympy.Expr:
     if value.is_number:
         value = sympy.Integer(positive_integer(function, "n", n))
     return 1 / sympy.sqrt(value)
+
+
+def _adaptive_bins(size_in: int, size_out: int) -> list[range]:
+    """torch's bins: output i averages inputs floor(i n/m) .. ceil((i+1) n/m) - 1."""
+    return [range(i * size_in // size_out, -(-(i + 1) * size_in // size_out))
+            for i in range(size_out)]
+
+
+def _adaptive_norm_squared(size_in: int, size_out: int) -> sympy.Expr:
+    """lambda_max(A A^T) of the 1-D adaptive average pooling matrix A (m x n): exact when
+    it is rational, else the upper end of a rational isolating interval of width 1e-15."""
+    bins = _adaptive_bins(size_in, size_out)
+    gram = sympy.Matrix(size_out, size_out, lambda i, j: sympy.Rational(
+        len(set(bins[i]) & set(bins[j])), len(bins[i]) * len(bins[j])))
+    best = sympy.Integer(0)
+    for factor, _ in gram.charpoly().factor_list()[1]:
+        if factor.degree() == 1:
+            root = -factor.nth(0) / factor.nth(1)
+        else:
+            root = max(high for (_, high), _ in factor.intervals(eps=sympy.Rational(1, 10**15)))
+        best = max(best, root)
+    return best
+
+
+def adaptive_avgpool_lipschitz(output_size, input_size=None, *, ndim=None) -> sympy.Expr:
+    r"""Norm of adaptive average pooling (``torch.nn.AdaptiveAvgPool{1,2,3}d``) on a grid.
+
+    Parameters
+    ----------
+    output_size : int or tuple of int
+        The pooled size, one entry per spatial dimension (an int repeats; then ``ndim``
+        or a tuple ``input_size`` must say how many dimensions).
+    input_size : int or tuple of int, optional
+        The spatial size of the grid the pooling sees. Omitted: the bound holds for every
+        input size (the worst case, reached on a 1-pixel grid).
+    ndim : int, optional
+        Number of spatial dimensions, as for :func:`maxpool_lipschitz`.
+
+    Returns
+    -------
+    sympy.Expr
+        With ``input_size``: :math:`\prod_d \|A_d\|_2`, where :math:`A_d` averages the
+        inputs :math:`\lfloor i n_d/m_d floor, \dots, \lceil (i+1) n_d/m_d ceil - 1`
+        into output :math:`i`; exact when :math:`\lambda_{\max}(A_d A_d^	op)` is rational
+        (identity 1, upsampling from 1 pixel :math:`\sqrt{m_d}`, downsampling by an integer
+        factor :math:`k`: :math:`1/\sqrt k`), otherwise a rational upper bound on it within
+        :math:`10^{-15}`. Without it: :math:`\sqrt{\prod_d m_d}` (7 for torchvision VGG's
+        ``AdaptiveAvgPool2d((7, 7))``). A certified bound in both cases.
+
+    Raises
+    ------
+    ParameterError
+        If a size is not a positive integer, the sizes disagree in length or with
+        ``ndim``, or every size is an int and ``ndim`` is missing.
+
+    Notes
+    -----
+    Each output is the mean over a product of one-dimensional bins, so the operator is
+    the Kronecker product :math:`A_1 \otimes \dots \otimes A_D` and its norm is
+    :math:`\prod_d \|A_d\|_2`; :math:`\|A_d\|_2^2 = \lambda_{\max}(A_d A_d^	op)`, and
+    :math:`(A A^	op)_{ij} = |b_i \cap b_j| / (|b_i||b_j|)` for bins :math:`b_i, b_j`.
+    Worst case: by the Schur test :math:`\|A\|_2^2 \le \|A\|_1 \|A\|_\infty`; every row
+    sums to 1 and a column sums to :math:`\sum_{i: j \in b_i} 1/|b_i| \le m`, so
+    :math:`\|A_d\|_2 \le \sqrt{m_d}`, attained when :math:`n_d = 1` (every output copies
+    the one input). Below 224x224, torchvision's VGG feature map is smaller than 7x7 and
+    this pooling *upsamples*: its norm exceeds 1 (7 on a 1x1 map).
+
+    Cost: a :math:`m_d 	imes m_d` characteristic polynomial per dimension.
+
+    Examples
+    --------
+    >>> adaptive_avgpool_lipschitz((7, 7))
+    7
+    >>> adaptive_avgpool_lipschitz((7, 7), (7, 7))
+    1
+    >>> adaptive_avgpool_lipschitz((7, 7), (1, 1))
+    7
+    >>> adaptive_avgpool_lipschitz((7, 7), (14, 14))
+    1/2
+    >>> adaptive_avgpool_lipschitz(1, 10, ndim=1)
+    sqrt(10)/10
+    """
+    function = "adaptive_avgpool_lipschitz"
+    if input_size is None:
+        sizes = _sizes(function, ndim, output_size=output_size)
+        return sympy.sqrt(sympy.Integer(math.prod(sizes["output_size"])))
+    sizes = _sizes(function, ndim, output_size=output_size, input_size=input_size)
+    squared = sympy.Mul(*(_adaptive_norm_squared(n, m) for n, m in
+                          zip(sizes["input_size"], sizes["output_size"])))
+    return sympy.sqrt(squared)

@@ -9,6 +9,7 @@ import sympy
 from sympy import Rational, Symbol
 
 from theory import (
+    adaptive_avgpool_lipschitz,
     ParameterError,
     avgpool_lipschitz,
     global_avgpool_lipschitz,
@@ -218,5 +219,46 @@ def test_global_average_pooling():
 ], ids=["zero-kernel", "bool-kernel", "length-mismatch", "ndim-mismatch", "bad-ndim",
         "float-stride", "negative-dilation", "global-zero", "global-float", "global-negative"])
 def test_invalid_geometry_raises(call, match):
+    with pytest.raises(ParameterError, match=match):
+        call()
+
+
+def _adaptive_matrix(size_in, size_out, dims):
+    """The dense matrix of torch's AdaptiveAvgPool{1,2}d on a size_in grid (float64)."""
+    import torch
+    pool = {1: torch.nn.functional.adaptive_avg_pool1d,
+            2: torch.nn.functional.adaptive_avg_pool2d}[dims]
+    n = size_in**dims
+    basis = torch.eye(n, dtype=torch.float64).reshape(n, 1, *([size_in] * dims))
+    return pool(basis, [size_out] * dims).reshape(n, -1).T.numpy()
+
+
+@pytest.mark.parametrize("dims", [1, 2])
+@pytest.mark.parametrize(("size_in", "size_out"), [(1, 7), (2, 7), (3, 7), (7, 7), (10, 7),
+                                                   (14, 7), (5, 3), (1, 1), (9, 1), (4, 6)])
+def test_adaptive_avgpool_is_the_exact_norm_of_torch_operator(size_in, size_out, dims):
+    exact = np.linalg.norm(_adaptive_matrix(size_in, size_out, dims), 2)
+    bound = adaptive_avgpool_lipschitz((size_out,) * dims, (size_in,) * dims)
+    assert exact <= float(bound) * (1 + 1e-12)
+    assert float(bound) <= exact * (1 + 1e-12)
+    worst = adaptive_avgpool_lipschitz((size_out,) * dims)
+    assert worst == sympy.sqrt(size_out**dims) and exact <= float(worst) * (1 + 1e-12)
+
+
+def test_adaptive_avgpool_closed_values():
+    assert adaptive_avgpool_lipschitz((7, 7)) == 7
+    assert adaptive_avgpool_lipschitz((7, 7), (1, 1)) == 7
+    assert adaptive_avgpool_lipschitz((7, 7), (7, 7)) == 1
+    assert adaptive_avgpool_lipschitz((7, 7), (28, 28)) == Rational(1, 4)
+    assert adaptive_avgpool_lipschitz(7, ndim=2) == 7
+
+
+@pytest.mark.parametrize(("call", "match"), [
+    (lambda: adaptive_avgpool_lipschitz(7), "adaptive_avgpool_lipschitz: expected tuples"),
+    (lambda: adaptive_avgpool_lipschitz((7, 7), (0, 3)), "expected input_size to be an "
+                                                         "integer >= 1, got 0"),
+    (lambda: adaptive_avgpool_lipschitz((7, 7), (3, 3, 3)), "one entry per spatial"),
+], ids=["no-ndim", "zero-input", "length-mismatch"])
+def test_adaptive_avgpool_refusals(call, match):
     with pytest.raises(ParameterError, match=match):
         call()
