@@ -327,6 +327,11 @@ def _npz(path: Path, split: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...
     else:
         raise _fail(f"{split}_images of shape (N, H, W) or (N, H, W, C) with C in 1, 3",
                     images.shape)
+    if np.issubdtype(images.dtype, np.floating) and not np.isfinite(images).all():
+        bad = int(np.argwhere(~np.isfinite(images))[0][0])
+        kind = "NaN" if np.isnan(images).any() else "an infinite value"
+        raise _fail(f"finite pixel values in {split}_images of {str(path)!r}",
+                    f"{kind} (first in sample {bad})")
     if images.dtype == np.uint8:
         images = images.astype(np.float32) / 255.0
     elif not (np.issubdtype(images.dtype, np.floating) and images.size
@@ -347,6 +352,19 @@ def _npz(path: Path, split: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...
 
 
 # ------------------------------------------------------------------------- entry point
+
+def _convert_channels(x: torch.Tensor, channels: int | None) -> torch.Tensor:
+    """Grey -> RGB by repeating the channel; RGB -> grey by ITU-R 601 luma (as Pillow)."""
+    if channels is None or x.shape[1] == channels:
+        return x
+    if x.shape[1] == 1 and channels == 3:
+        return x.expand(-1, 3, -1, -1).contiguous()
+    if x.shape[1] == 3 and channels == 1:
+        weights = torch.tensor([0.299, 0.587, 0.114], dtype=x.dtype).view(1, 3, 1, 1)
+        return (x * weights).sum(dim=1, keepdim=True).clamp(0.0, 1.0)
+    raise _fail(f"images with 1 or 3 channels to convert to {channels}",
+                f"{x.shape[1]} channels")
+
 
 def _check_arguments(spec: object, samples: object, split: object, seed: object,
                      size: object) -> tuple[int, int] | None:
@@ -370,7 +388,8 @@ def _check_arguments(spec: object, samples: object, split: object, seed: object,
 
 
 def load_data(spec: str, *, samples: int | None = None, split: str = "test", seed: int = 0,
-              size: int | tuple[int, int] | None = None) -> Dataset:
+              size: int | tuple[int, int] | None = None,
+              channels: int | None = None) -> Dataset:
     """Load a split of an offline image data set as tensors in [0, 1].
 
     Parameters
@@ -389,6 +408,10 @@ def load_data(spec: str, *, samples: int | None = None, split: str = "test", see
     size : int or (int, int), optional
         Resize every image to ``size × size`` (or ``H × W``) with bilinear
         interpolation. Without it, a folder's images must all have one size.
+    channels : {1, 3}, optional
+        Convert the images to this many channels: grey to RGB by repeating the channel
+        (what ImageNet-style models such as torchvision's expect), RGB to grey by the
+        ITU-R 601 luma. Default: as stored.
 
     Returns
     -------
@@ -412,14 +435,17 @@ def load_data(spec: str, *, samples: int | None = None, split: str = "test", see
     (150, 50, ('face', 'non-face'))
     """
     pair = _check_arguments(spec, samples, split, seed, size)
+    if channels not in (None, 1, 3):
+        raise _fail("channels 1 or 3", repr(channels))
     kind, _, target = spec.partition(":")
     if kind in ("folder", "cifar10", "npz") and not target:
         raise _fail(f"a path after '{kind}:'", repr(spec))
     if kind == "folder" and target:
         path = Path(target).expanduser()
         x, labels, classes = _folder(path, split, samples, seed, pair)
-        return Dataset(x=x, y=torch.from_numpy(labels), num_classes=len(classes),
-                       name=f"folder:{path.name}", class_names=classes)
+        return Dataset(x=_convert_channels(x, channels), y=torch.from_numpy(labels),
+                       num_classes=len(classes), name=f"folder:{path.name}",
+                       class_names=classes)
     if spec == "digits":
         images, labels, classes = _digits(split)
         name = "digits"
@@ -437,5 +463,6 @@ def load_data(spec: str, *, samples: int | None = None, split: str = "test", see
         raise _fail(f"a data specification {', '.join(DATA_SPECS)}", repr(spec))
     index = _stratified_subset(labels, samples, seed)
     x = _resize(torch.from_numpy(np.ascontiguousarray(images[index])), pair)
+    x = _convert_channels(x, channels)
     return Dataset(x=x, y=torch.from_numpy(labels[index]), num_classes=len(classes),
                    name=name, class_names=classes)

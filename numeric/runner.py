@@ -26,21 +26,28 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.distributed as dist
+from numeric.errors import InputError
 
-__all__ = ["RunContext", "run_context", "chunks", "ResultLog", "run_key", "gather_records",
-           "evaluate_chunks", "chunk_generator"]
+if TYPE_CHECKING:  # torch is imported where it is used: reading a log needs no torch
+    import torch
+
+__all__ = ["RunContext", "run_context", "resolve_device", "chunks", "ResultLog", "run_key",
+           "gather_records", "evaluate_chunks", "chunk_generator"]
 
 
 @dataclass(frozen=True)
 class RunContext:
-    """Where this process stands in a (possibly distributed) run."""
+    """Where this process stands in a (possibly distributed) run.
+
+    ``device`` is a ``torch.device`` (or a device string, for callers that never touch
+    torch).
+    """
 
     rank: int = 0
     world_size: int = 1
-    device: torch.device = torch.device("cpu")
+    device: Any = "cpu"
     distributed: bool = False
 
     @property
@@ -53,35 +60,70 @@ def _launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def resolve_device(device: str | None) -> "torch.device":
+    """The ``torch.device`` for ``device``: ``None`` or ``"auto"`` (CUDA when available,
+    else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+
+    Raises
+    ------
+    InputError
+        Any other string (``tpu``, ``mps``, ``meta``, typos), or CUDA that torch cannot
+        see, or an index beyond the visible GPUs; the message names ``--device``.
+    """
+    import torch
+    wanted = "auto" if device is None else str(device).strip().lower()
+    if wanted == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    kind, _, index = wanted.partition(":")
+    if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (
+            kind == "cpu" and index not in ("", "0")):
+        raise InputError(f"run_context: expected --device cpu, cuda, cuda:N or auto, "
+                         f"got {device!r}.")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"run_context: expected an available device, got {device!r} "
+                             f"but torch sees no CUDA device; use --device cpu.")
+        if index and int(index) >= torch.cuda.device_count():
+            raise InputError(f"run_context: expected a GPU index below "
+                             f"{torch.cuda.device_count()}, got {device!r}.")
+        return torch.device(wanted)
+    return torch.device("cpu")
+
+
 def run_context(device: str | None = None, distributed: bool | None = None) -> RunContext:
     """Detect a ``torchrun`` launch (or honour ``distributed=True``) and pick the device.
 
     Parameters
     ----------
     device : str, optional
-        ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ... . Under a distributed CUDA run each rank
-        uses ``cuda:LOCAL_RANK``. Default: CUDA when available, else CPU.
+        ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"auto"`` (see :func:`resolve_device`).
+        Under a distributed CUDA run each rank uses ``cuda:LOCAL_RANK``. Default: CUDA
+        when available, else CPU.
     distributed : bool, optional
         ``None`` detects ``torchrun`` from its environment variables; ``True`` requires them.
+
+    Raises
+    ------
+    InputError
+        An unusable device, or ``distributed=True`` outside ``torchrun``.
     """
     launched = _launched_by_torchrun()
     if distributed is None:
         distributed = launched and int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed and not launched:
-        raise ValueError("run_context: expected a torchrun launch (RANK and WORLD_SIZE set) "
+        raise InputError("run_context: expected a torchrun launch (RANK and WORLD_SIZE set) "
                          "for --distributed, got neither; run under torchrun.")
-    wanted = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if wanted.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"run_context: expected an available device, got {wanted!r} "
-                         f"but torch sees no CUDA device.")
+    dev = resolve_device(device)
     if not distributed:
-        return RunContext(device=torch.device(wanted))
+        return RunContext(device=dev)
+    import torch
+    import torch.distributed as dist
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if wanted.startswith("cuda"):
+    if dev.type == "cuda":
         torch.cuda.set_device(local_rank)
         dev, backend = torch.device("cuda", local_rank), "nccl"
     else:
-        dev, backend = torch.device("cpu"), "gloo"
+        backend = "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
     return RunContext(rank=dist.get_rank(), world_size=dist.get_world_size(), device=dev,
@@ -95,15 +137,16 @@ def chunks(num_samples: int, chunk_size: int, ctx: RunContext) -> list[tuple[int
     [(1, [2, 3])]
     """
     if chunk_size < 1:
-        raise ValueError(f"chunks: expected chunk_size >= 1, got {chunk_size}.")
+        raise InputError(f"chunks: expected chunk_size >= 1, got {chunk_size}.")
     ids = range((num_samples + chunk_size - 1) // chunk_size)
     return [(c, range(c * chunk_size, min((c + 1) * chunk_size, num_samples)))
             for c in ids if c % ctx.world_size == ctx.rank]
 
 
-def chunk_generator(seed: int, chunk_id: int, device: torch.device | str = "cpu"
-                    ) -> torch.Generator:
+def chunk_generator(seed: int, chunk_id: int, device: "torch.device | str" = "cpu"
+                    ) -> "torch.Generator":
     """The random generator of one chunk, seeded from ``(seed, chunk_id)`` only."""
+    import torch
     digest = hashlib.sha256(f"{seed}:{chunk_id}".encode()).digest()
     return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little"))
 
@@ -122,29 +165,61 @@ class ResultLog:
     """Append-only JSON-lines log of per-chunk records for one run and one rank.
 
     Each line is ``{"chunk": c, "records": [...]}``; a line cut short by a kill is ignored.
+    With a ``header`` (a JSON-able dict naming what the records were computed from, e.g.
+    the hash of the model's weights and the settings), the first line is
+    ``{"header": header}`` and a log whose header differs is refused instead of being
+    mixed with new results.
+
+    Parameters
+    ----------
+    path : path
+        The ``.jsonl`` file (its folder is created on the first write).
+    header : dict, optional
+        What the records depend on.
+
+    Raises
+    ------
+    InputError
+        (from :meth:`done`) the file holds another run's records.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | os.PathLike, header: dict | None = None) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.header = None if header is None else json.loads(json.dumps(header, default=str))
+
+    def _lines(self) -> list[str]:
+        return self.path.read_text().splitlines() if self.path.exists() else []
 
     def done(self) -> dict[int, list[dict]]:
         """Chunks already completed: ``{chunk_id: records}``."""
-        if not self.path.exists():
-            return {}
         finished: dict[int, list[dict]] = {}
-        for line in self.path.read_text().splitlines():
+        for number, line in enumerate(self._lines()):
             try:
                 entry = json.loads(line)
             except json.JSONDecodeError:
                 continue  # the chunk in flight when the run was killed
-            finished[int(entry["chunk"])] = entry["records"]
+            if not isinstance(entry, dict):
+                continue
+            if "header" in entry:
+                if number == 0 and self.header is not None and entry["header"] != self.header:
+                    raise InputError(
+                        f"ResultLog: expected {str(self.path)!r} to hold results of "
+                        f"{self.header}, got results of {entry['header']}; refusing to mix "
+                        f"them (delete the file or rerun with --no-resume).")
+                continue
+            if "chunk" in entry and "records" in entry:
+                finished[int(entry["chunk"])] = entry["records"]
         return finished
 
     def append(self, chunk_id: int, records: list[dict]) -> None:
         """Append one finished chunk and force it to disk."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lines = []
+        if self.header is not None and not self._lines():
+            lines.append(json.dumps({"header": self.header}))
+        lines.append(json.dumps({"chunk": chunk_id, "records": records}))
         with self.path.open("a") as handle:
-            handle.write(json.dumps({"chunk": chunk_id, "records": records}) + "\n")
+            handle.write("\n".join(lines) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
 
@@ -153,6 +228,7 @@ def gather_records(records: list[dict], ctx: RunContext) -> list[dict] | None:
     """All ranks' records on rank 0, sorted by ``"index"``; ``None`` on other ranks."""
     if not ctx.distributed:
         return sorted(records, key=lambda r: r["index"])
+    import torch.distributed as dist
     gathered: list[list[dict]] | None = [None] * ctx.world_size if ctx.is_main else None
     dist.gather_object(records, gathered, dst=0)
     if not ctx.is_main:

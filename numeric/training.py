@@ -41,9 +41,9 @@ from torch import nn
 
 from numeric.errors import InputError
 
-__all__ = ["TrainingConfig", "train", "trained_model", "training_config", "accuracy",
-           "cache_directory", "TRAINING_VERSION", "ADVERSARIAL_EPS", "ADVERSARIAL_NORM",
-           "DEFAULT_EPOCHS"]
+__all__ = ["TrainingConfig", "train", "trained_model", "trained_models", "training_config",
+           "accuracy", "cache_directory", "TRAINING_VERSION", "ADVERSARIAL_EPS",
+           "ADVERSARIAL_NORM", "DEFAULT_EPOCHS"]
 
 #: Bump when the training code or a model's architecture changes: it is part of the cache key.
 TRAINING_VERSION = "1"
@@ -213,11 +213,11 @@ def train(model: nn.Module, data, *, epochs: int, adversarial: bool = False,
     return model.eval()
 
 
-def _progress(epochs: int, enabled: bool, label: str):
+def _progress(total: int, enabled: bool, label: str, unit: str = "epoch"):
     if not enabled:
         return None
     from tqdm import tqdm
-    return tqdm(total=epochs, desc=f"training {label}", unit="epoch", file=sys.stderr,
+    return tqdm(total=total, desc=f"training {label}", unit=unit, file=sys.stderr,
                 leave=False)
 
 
@@ -306,6 +306,8 @@ def trained_model(name: str, *, adversarial: bool, seed: int = 0,
     -------
     nn.Module
         On the CPU, in eval mode; maps Tensor of shape (B, 1, 8, 8) to logits (B, 10).
+        Its attribute ``fimbound_training`` is ``"pgd"`` or ``"normal"`` (reports mark
+        adversarially trained models apart).
 
     Notes
     -----
@@ -327,6 +329,7 @@ def trained_model(name: str, *, adversarial: bool, seed: int = 0,
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build(name)
+    model.fimbound_training = "pgd" if adversarial else "normal"
     if _load_cached(path, config, model):
         return model.eval()
     data = load_data(config.data, split="train")
@@ -336,3 +339,76 @@ def trained_model(name: str, *, adversarial: bool, seed: int = 0,
           weight_decay=config.weight_decay, progress=progress)
     _save_atomically({"config": asdict(config), "state_dict": model.state_dict()}, path)
     return model.eval()
+
+
+def _cached(name: str, adversarial: bool, seed: int, cache_dir) -> bool:
+    from numeric.models import build
+    config = training_config(name, adversarial=adversarial, seed=seed)
+    mode = "adversarial" if adversarial else "normal"
+    path = cache_directory(cache_dir) / f"{name}-{mode}-{config.key()}.pt"
+    with torch.random.fork_rng(devices=[]):
+        return _load_cached(path, config, build(name))
+
+
+def _train_in_worker(job: tuple[str, bool, int, str | None]) -> str:
+    name, adversarial, seed, cache_dir = job
+    trained_model(name, adversarial=adversarial, seed=seed, cache_dir=cache_dir,
+                  progress=False)
+    return name
+
+
+def _available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def trained_models(wanted: list[tuple[str, bool]], *, seed: int = 0,
+                   cache_dir: str | os.PathLike | None = None, workers: int | None = None,
+                   progress: bool = True) -> list[nn.Module]:
+    """Several :func:`trained_model` at once, the uncached ones trained in parallel.
+
+    Training runs on one thread per model (for bit-identical weights, see the module
+    notes), so the models missing from the cache are trained in ``workers`` separate
+    processes (``spawn``), adversarial ones first (they take about four times longer);
+    every model is then loaded from the cache. The weights are the same as with
+    :func:`trained_model` one by one.
+
+    Parameters
+    ----------
+    wanted : list of (name, adversarial)
+    seed, cache_dir
+        As for :func:`trained_model`.
+    workers : int, optional
+        Training processes; default one per available core, at most one per model to
+        train. With 1 the models are trained here, one after the other.
+    progress : bool
+        A tqdm bar on stderr over the models being trained.
+
+    Returns
+    -------
+    list of nn.Module
+        In the order of ``wanted``.
+    """
+    import concurrent.futures
+    import multiprocessing
+
+    key_dir = None if cache_dir is None else str(cache_dir)
+    missing = [(n, a) for n, a in dict.fromkeys(wanted) if not _cached(n, a, seed, cache_dir)]
+    workers = min(workers or _available_cores(), len(missing))
+    if workers > 1:
+        jobs = sorted(missing, key=lambda job: not job[1])  # adversarial first
+        bar = _progress(len(jobs), progress, f"{len(jobs)} models in {workers} processes",
+                        unit="model")
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+            futures = [pool.submit(_train_in_worker, (n, a, seed, key_dir)) for n, a in jobs]
+            for future in concurrent.futures.as_completed(futures):
+                future.result()
+                if bar is not None:
+                    bar.update()
+        if bar is not None:
+            bar.close()
+    return [trained_model(n, adversarial=a, seed=seed, cache_dir=cache_dir,
+                          progress=progress) for n, a in wanted]

@@ -6,67 +6,97 @@ import argparse
 import sys
 import time
 
-from numeric.commands._common import add_run_options
-from numeric.commands.check import add_check_options, run_check, settings_from
+from numeric.commands._common import add_run_options, print_outcome
+from numeric.commands.check import add_check_options, announcer, settings_from
 
 HELP = "train small VGG/ResNet/DenseNet/ViT models on digits and check them (make demo)"
 DESCRIPTION = """\
-Trains small VGG-, ResNet-, DenseNet- and ViT-style models on scikit-learn's digits
-(8x8 images, 10 classes), each normally and adversarially (PGD), with fixed seeds on the
-CPU; caches the weights in $FIMBOUND_CACHE (default ~/.cache/fimbound) keyed by their
-configuration; then runs `fimbound check` on all eight and writes the report.
+Trains small VGG-, ResNet-, DenseNet- and ViT-style (transformer) models on scikit-learn's
+digits (8x8 images, 10 classes), each normally and adversarially (PGD), with fixed seeds on
+the CPU; caches the weights in $FIMBOUND_CACHE (default ~/.cache/fimbound) keyed by their
+configuration; then runs the same check as `fimbound check` on all eight and writes the
+report.
 
-The first run trains (a few minutes on 2 cores); later runs load the cache. The same seed
-gives the same numbers on every run."""
+The first run trains (about a minute on 2 idle cores, one model per core); later runs
+load the cache. The same seed gives the same numbers on every run; a rerun with the same
+--out reads back what is already in its results log."""
 
-FAMILIES = ("vgg", "resnet", "densenet", "vit")
+#: --families choices: the toolkit's model names, and "transformer" for "vit".
+FAMILY_CHOICES = ("vgg", "resnet", "densenet", "vit", "transformer")
 
 
 def _demo_settings():
-    from numeric.check import CheckSettings
-    # sized so that a run from the weights cache takes about a minute on 2 cores; the
-    # attack keeps its restarts and refinement (its strength), PGD its 20 steps
-    return CheckSettings(samples=40, chunk_size=20, attack_steps=50, attack_restarts=2,
-                         pgd_steps=20, pgd_restarts=1, bootstrap=1000)
-
-
-DEMO_SETTINGS = _demo_settings()
+    from numeric.check.results import CheckSettings
+    # sized for about 20 s from the weights cache on 2 cores: 24 samples in one chunk per
+    # model, a 40-step attack with one restart, one PGD radius per norm
+    return CheckSettings(samples=24, chunk_size=24, attack_steps=40, attack_restarts=1,
+                         pgd_l2=(0.5,), pgd_linf=(0.1,), pgd_steps=10, pgd_restarts=1,
+                         queries=100, bootstrap=500)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--families", nargs="*", default=list(FAMILIES), choices=FAMILIES,
-                        help="families to train and check (default: all four)")
+    parser.add_argument("--families", nargs="*", default=["vgg", "resnet", "densenet", "vit"],
+                        choices=FAMILY_CHOICES,
+                        help="families to train and check (default: all four; 'vit' and "
+                             "'transformer' name the same model)")
     parser.add_argument("--no-adversarial", action="store_true",
                         help="skip the adversarially trained models")
     parser.add_argument("--cache-dir", default=None,
                         help="weights cache (default: $FIMBOUND_CACHE or ~/.cache/fimbound)")
-    add_check_options(parser, DEMO_SETTINGS)
+    parser.add_argument("--workers", type=int, default=None,
+                        help="training processes (default: one per available core, at most "
+                             "one per model)")
+    add_check_options(parser, _demo_settings())
     add_run_options(parser, default_out="fimbound-demo")
 
 
+def _model_names(families: list[str]) -> list[str]:
+    names = []
+    for family in families:
+        name = "vit" if family == "transformer" else family
+        if name not in names:
+            names.append(name)
+    return names
+
+
 def run(args: argparse.Namespace) -> int:
+    from numeric.check.pipeline import ModelToCheck
+    from numeric.check.run import command_line, ensure_writable, run_check
     from numeric.data import load_data
+    from numeric.errors import InputError
     from numeric.runner import run_context
-    from numeric.training import trained_model
+    from numeric.training import trained_models
 
     settings = settings_from(args)
+    if args.workers is not None and args.workers < 1:
+        raise InputError(f"demo: expected --workers >= 1, got {args.workers}.")
+    if not args.families:
+        raise InputError("demo: expected at least one family after --families, got none.")
+    out = ensure_writable(args.out)
     ctx = run_context(args.device or "cpu", True if args.distributed else None)
     start = time.perf_counter()
     data = load_data("digits", samples=settings.samples, split="test", seed=settings.seed)
-    models = []
-    for family in args.families:
-        for adversarial in ((False,) if args.no_adversarial else (False, True)):
-            model = trained_model(family, adversarial=adversarial, seed=settings.seed,
-                                  cache_dir=args.cache_dir,
-                                  progress=not (args.quiet or args.json) and ctx.is_main)
-            name = f"{family}-{'pgd' if adversarial else 'std'}"
-            models.append((name, f"fimbound:{family}", model.to(ctx.device).eval()))
-    if ctx.is_main and not args.json:
-        print(f"[demo] {len(models)} models ready in {time.perf_counter() - start:.0f} s; "
-              f"checking {settings.samples} digits test samples each", file=sys.stderr)
-    run_settings = {"demo": [m[0] for m in models], "settings": settings.__dict__,
-                    "cache": args.cache_dir}
-    status = run_check(models, data, settings, args, run_settings, ctx)
-    if ctx.is_main and not args.json:
+    modes = (False,) if args.no_adversarial else (False, True)
+    wanted = [(name, adversarial) for name in _model_names(args.families)
+              for adversarial in modes]
+    talk = ctx.is_main and not (args.quiet or args.json)
+    modules = trained_models(wanted, seed=settings.seed, cache_dir=args.cache_dir,
+                             workers=args.workers if ctx.is_main else 1, progress=talk)
+    models = [ModelToCheck(name=f"{name}-{'pgd' if adversarial else 'std'}",
+                           spec=f"fimbound:{name}", module=module.to(ctx.device).eval(),
+                           training="pgd" if adversarial else "normal")
+              for (name, adversarial), module in zip(wanted, modules)]
+    loading = time.perf_counter() - start
+    if talk:
+        print(f"[demo] {len(models)} models ready in {loading:.0f} s; checking "
+              f"{len(data)} digits test samples each", file=sys.stderr)
+    result = run_check(models, data, settings, out=out, ctx=ctx, resume=not args.no_resume,
+                       data_key={"data": "digits", "seed": settings.seed},
+                       command=command_line(getattr(args, "argv", None)),
+                       announce=announcer(args, ctx), seconds={"train or load": loading})
+    if result is None:
+        return 0
+    status = print_outcome(result, out / "report.md", as_json=args.json)
+    if talk:
         print(f"[demo] done in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return status

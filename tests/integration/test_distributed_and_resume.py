@@ -23,7 +23,7 @@ def build():
 
 FAST = ["--data", "digits", "--samples", "12", "--chunk-size", "4", "--queries", "30",
         "--attack-steps", "20", "--attack-restarts", "1", "--pgd-steps", "5",
-        "--pgd-restarts", "1", "--pgd-l2", "0.5", "--pgd-linf", "0.05", "--quiet"]
+        "--pgd-restarts", "1", "--pgd-l2", "0.5", "--pgd-linf", "0.05"]
 
 PER_SAMPLE = ("lambda_max", "local_bound", "trace", "blackbox", "attack_radius",
               "certified_radius", "margin")
@@ -43,9 +43,10 @@ def _check(tmp_path: Path, out: str, launcher: list[str], extra=()) -> subproces
                             stderr=subprocess.PIPE, text=True)
 
 
-def _finish(proc: subprocess.Popen) -> None:
+def _finish(proc: subprocess.Popen) -> str:
     stdout, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{stdout[-2000:]}\n{stderr[-3000:]}"
+    return stderr
 
 
 def _samples(tmp_path: Path, out: str) -> list[dict]:
@@ -70,26 +71,26 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def single(workdir):
-    _finish(_check(workdir, "single", [sys.executable]))
+    _finish(_check(workdir, "single", [sys.executable], ["--quiet"]))
     return _samples(workdir, "single")
 
 
 def test_two_gloo_ranks_reproduce_one_process(workdir, single):
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 "--nproc_per_node", "2"]
-    _finish(_check(workdir, "two", launcher))
+    _finish(_check(workdir, "two", launcher, ["--quiet"]))
     _assert_same(single, _samples(workdir, "two"))
     logs = sorted((workdir / "two" / ".progress").rglob("*.jsonl"))
     assert [p.name.rsplit(".", 2)[1] for p in logs] == ["rank0", "rank1"]
 
 
 def test_killed_run_resumes_and_skips_finished_chunks(workdir, single):
-    proc = _check(workdir, "killed", [sys.executable])
+    proc = _check(workdir, "killed", [sys.executable], ["--quiet"])
     progress = workdir / "killed" / ".progress"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
         logs = list(progress.rglob("*.jsonl")) if progress.exists() else []
-        if logs and logs[0].read_text().count("\n") >= 1:
+        if logs and logs[0].read_text().count("\n") >= 2:  # the header and one chunk
             break
         time.sleep(0.05)
     assert proc.poll() is None, "the run finished before it could be killed"
@@ -97,10 +98,21 @@ def test_killed_run_resumes_and_skips_finished_chunks(workdir, single):
     proc.wait()
     assert not (workdir / "killed" / "report.md").exists()
     (log,) = progress.rglob("*.jsonl")
-    done_before = [json.loads(line)["chunk"] for line in log.read_text().splitlines()
-                   if line.endswith("}")]
+    done_before = _logged_chunks(log)
     assert 1 <= len(done_before) < 3
-    _finish(_check(workdir, "killed", [sys.executable]))
-    chunks = [json.loads(line)["chunk"] for line in log.read_text().splitlines()]
-    assert sorted(chunks) == [0, 1, 2], "a finished chunk was computed twice"
+    stderr = _finish(_check(workdir, "killed", [sys.executable]))
+    assert f"resumed {len(done_before)}/3 chunks" in stderr
+    assert "rerun the same command to resume" in stderr
+    assert sorted(_logged_chunks(log)) == [0, 1, 2], "a finished chunk was computed twice"
     _assert_same(single, _samples(workdir, "killed"))
+
+
+def _logged_chunks(log: Path) -> list[int]:
+    entries = []
+    for line in log.read_text().splitlines():
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # the chunk in flight when the run was killed
+    assert "header" in entries[0]
+    return [entry["chunk"] for entry in entries[1:]]

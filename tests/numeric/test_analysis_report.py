@@ -6,9 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from numeric.analysis import analyse, correlation, soundness
-from numeric.check import CheckResult, CheckSettings, ModelInfo, ModelResult
-from numeric.report import markdown_report, summary_table, write_report
+from numeric.check.analysis import analyse, correlation, soundness
+from numeric.check.report import describe_gap, markdown_report, summary_table, write_report
+from numeric.check.results import CheckResult, CheckSettings, ModelInfo, ModelResult
 
 
 def _records(n, rng, scale=1.0, shift=0.0):
@@ -28,7 +28,8 @@ def _result(n=30, models=3, seed=0):
     for m in range(models):
         info = ModelInfo(name=f"m{m}", spec=f"fimbound:m{m}", family="vgg", parameters=10,
                          num_classes=3, global_bound=100.0 * (m + 1), lipschitz=5.0,
-                         plain_bound=1000.0 * (m + 1), certified=True, depth=3)
+                         plain_bound=1000.0 * (m + 1), certified=True, family_depth=m + 2,
+                         layer_constant=2.0)
         out.append(ModelResult(info=info, records=_records(n, rng, scale=m + 1)))
     result = CheckResult(settings=CheckSettings(bootstrap=200), data_name="synthetic",
                          models=out)
@@ -79,6 +80,41 @@ def test_rankings_agree_when_every_criterion_orders_the_models_alike():
         assert pair["kendall"] == pytest.approx(1.0)
 
 
+def test_rankings_between_bounds_are_exact_and_get_no_interval():
+    rk = _result().analysis["rankings"]
+    assert list(rk["orders"]) == ["theory", "bound", "measured", "attack"]
+    by_pair = {(g["first"], g["second"]): g for g in rk["agreement"]}
+    assert by_pair[("theory", "bound")]["exact"] is True
+    assert by_pair[("theory", "bound")]["kendall_ci"] is None
+    assert by_pair[("bound", "measured")]["exact"] is False
+    assert len(by_pair[("bound", "measured")]["kendall_ci"]) == 2
+    text = markdown_report(_result(), {})
+    assert "| theory | bound | 1 | exact (no sampling) |" in text
+
+
+def test_a_model_where_no_adversarial_exists_ranks_most_robust_by_attack():
+    result = _result()
+    for record in result.models[2].records:
+        record["attack_radius"] = math.inf
+    result.analysis = analyse(result)
+    assert result.analysis["rankings"]["orders"]["attack"][0] == "m2"
+    assert result.analysis["models"]["m2"]["attack_found"] == 0
+
+
+@pytest.mark.parametrize("bound, measured, words", [
+    (300.0, 3.0, "2.0 orders of magnitude"),
+    (3.2, 3.0, "tight"),
+    (9.0, 3.0, "factor of 3"),
+    (math.inf, 3.0, "infinite"),
+    (2.0, 3.0, "BELOW"),
+    (5.0, 0.0, "every measured λ_max is 0"),
+    (5.0, math.nan, "nothing was measured"),
+    (math.nan, 3.0, "undefined"),
+])
+def test_looseness_is_said_in_words(bound, measured, words):
+    assert words in describe_gap(bound, measured)
+
+
 def test_report_is_written_with_figures_and_json(tmp_path):
     result = _result()
     path = write_report(result, tmp_path / "out")
@@ -94,28 +130,43 @@ def test_report_is_written_with_figures_and_json(tmp_path):
 
 
 def test_failed_report_leaves_nothing_behind(tmp_path, monkeypatch):
-    import numeric.figures
+    import numeric.check.report as report
     result = _result()
 
     def broken(*args, **kwargs):
-        raise RuntimeError("disk full")
-    monkeypatch.setattr(numeric.figures, "write_figures", broken)
-    with pytest.raises(RuntimeError, match="disk full"):
+        raise OSError("disk full")
+    monkeypatch.setattr(report, "markdown_report", broken)
+    with pytest.raises(OSError, match="disk full"):
         write_report(result, tmp_path / "out")
     assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_figure_that_fails_is_reported_and_the_rest_is_written(tmp_path, monkeypatch):
+    import numeric.check.figures as figures
+    result = _result()
+
+    def broken(result, path):
+        raise ValueError("Data cannot be log-scaled")
+    monkeypatch.setitem(figures.FIGURES, "spectra.png",
+                        (broken, figures.FIGURES["spectra.png"][1]))
+    text = write_report(result, tmp_path / "out").read_text()
+    assert "`spectra.png` is not drawn: drawing it failed (ValueError: Data cannot be " \
+           "log-scaled); this is a bug" in text
+    files = {p.name for p in (tmp_path / "out").iterdir()}
+    assert "spectra.png" not in files and "rankings.png" in files
 
 
 def test_markdown_lists_violations():
     result = _result()
     result.models[0].records[3]["lambda_max"] = 1e9
     result.analysis = analyse(result)
-    assert "VIOLATIONS" in markdown_report(result, [])
+    assert "VIOLATIONS" in markdown_report(result, {})
 
 
 def test_vectorised_rank_statistics_match_scipy_with_ties():
     from scipy import stats
 
-    from numeric.analysis import _kendall, _spearman
+    from numeric.check.analysis import _kendall, _spearman
     rng = np.random.default_rng(3)
     u = rng.integers(0, 6, size=(7, 25)).astype(float)   # many ties
     v = u + rng.normal(size=(7, 25))

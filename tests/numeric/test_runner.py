@@ -7,8 +7,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from numeric.errors import InputError
 from numeric.runner import (ResultLog, RunContext, chunk_generator, chunks, evaluate_chunks,
-                            gather_records, run_context, run_key)
+                            gather_records, resolve_device, run_context, run_key)
 
 
 @given(n=st.integers(0, 200), size=st.integers(1, 40), world=st.integers(1, 5))
@@ -87,5 +88,37 @@ def test_distributed_flag_without_torchrun_is_an_error(monkeypatch):
 
 def test_missing_cuda_is_an_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(ValueError, match="no CUDA device"):
+    with pytest.raises(InputError, match="no CUDA device"):
         run_context("cuda")
+
+
+@pytest.mark.parametrize("device", ["tpu", "mps", "meta", "xla", "cuda:x", "cpu:1", ""])
+def test_unusable_devices_are_refused_in_one_line(device):
+    with pytest.raises(InputError, match="expected --device cpu, cuda, cuda:N or auto"):
+        resolve_device(device)
+
+
+@pytest.mark.parametrize("device", [None, "auto", "cpu", "CPU", "cpu:0"])
+def test_cpu_and_auto_devices(monkeypatch, device):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device(device) == torch.device("cpu")
+
+
+def test_a_log_of_other_results_is_refused_not_mixed(tmp_path):
+    path = tmp_path / "run.jsonl"
+    ResultLog(path, header={"weights": "aaaa"}).append(0, [{"index": 0}])
+    assert ResultLog(path, header={"weights": "aaaa"}).done() == {0: [{"index": 0}]}
+    with pytest.raises(InputError, match="refusing to mix"):
+        ResultLog(path, header={"weights": "bbbb"}).done()
+    assert path.read_text().splitlines()[0] == '{"header": {"weights": "aaaa"}}'
+
+
+def test_reading_a_log_needs_no_torch():
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "from numeric.runner import ResultLog, run_key, chunks, RunContext\n"
+            "print(len(chunks(10, 4, RunContext())), run_key(a=1))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[0] == "3"

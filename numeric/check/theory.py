@@ -1,0 +1,122 @@
+"""The theoretical ranking of a check: family closed forms at one shared layer constant.
+
+Everything ``check`` knows about architecture families lives here (and nothing of it
+needs torch): which family a model belongs to (:func:`describe_family`), its closed form
+(:func:`closed_form_for`) and the scores of the ranking (:func:`theory_scores`).
+
+The ranking evaluates each model's family closed form — a certified Lipschitz bound with
+symbolic per-layer constants (:func:`bounds.closed_form`, or the derived bound of a
+:data:`bounds.PRESETS` architecture) — with every per-layer constant set to the same
+value ``h``: the geometric mean of the certified conv/linear norms of all the models
+checked together. It ranks architectures, not weights; it is defined only when every model
+has a closed form.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+
+from numeric.check.results import ModelInfo
+
+__all__ = ["describe_family", "closed_form_for", "theory_scores", "layer_constant"]
+
+#: Model-name patterns -> family (the first match wins).
+_FAMILY_PATTERNS = (("densenet", "densenet"), ("resnet", "resnet"), ("resnext", "resnet"),
+                    ("wide_resnet", "resnet"), ("vgg", "vgg"), ("vit", "transformer"),
+                    ("swin", "transformer"), ("transformer", "transformer"))
+
+
+def _model_name(spec: str) -> str:
+    """``resnet18`` for ``torchvision:resnet18``; the factory for ``FILE.py:FACTORY``."""
+    return spec.rsplit(":", 1)[-1]
+
+
+def describe_family(spec: str, module=None) -> tuple[str | None, object, str | None]:
+    """``(family, depth, preset)`` of a model, each ``None`` when unknown.
+
+    A module may declare ``fimbound_family`` and ``fimbound_depth`` (the ``depth`` of
+    :func:`bounds.closed_form`); a ``torchvision:NAME`` whose name is a
+    :data:`bounds.PRESETS` entry gets that preset; otherwise the family is guessed from
+    the name (without a depth, so without a closed form).
+
+    >>> describe_family("torchvision:resnet18")
+    ('resnet', None, 'resnet18')
+    >>> describe_family("torchvision:swin_t")
+    ('transformer', None, None)
+    """
+    import bounds
+
+    declared = getattr(module, "fimbound_family", None)
+    if declared:
+        depth = getattr(module, "fimbound_depth", None)
+        return str(declared), (list(depth) if isinstance(depth, tuple) else depth), None
+    name = _model_name(spec)
+    preset = name if spec.startswith("torchvision:") and name in bounds.PRESETS else None
+    if preset is not None:
+        return bounds.PRESETS[preset][0], None, preset
+    for pattern, family in _FAMILY_PATTERNS:
+        if re.search(pattern, name.lower()):
+            return family, None, None
+    return None, None, None
+
+
+def closed_form_for(info: ModelInfo):
+    """The family closed form (SymPy) of a checked model, or ``None`` without one."""
+    import bounds
+
+    if info.preset is not None:
+        return bounds.derive(bounds.preset(info.preset)).lipschitz
+    if info.family is None or info.family_depth is None:
+        return None
+    depth = info.family_depth
+    depth = tuple(depth) if isinstance(depth, (list, tuple)) else depth
+    return bounds.closed_form(info.family, depth=depth, shared=True)
+
+
+def layer_constant(G) -> float | None:
+    """Geometric mean of the positive constants of the conv and linear nodes of a traced
+    graph (``None`` when it has none)."""
+    values = []
+    for _, data in G.nodes(data=True):
+        if data.get("op") in ("conv", "linear") and data.get("lipschitz") is not None:
+            try:
+                value = float(data["lipschitz"])
+            except (TypeError, ValueError):
+                continue
+            if 0 < value < math.inf:
+                values.append(value)
+    return math.exp(sum(map(math.log, values)) / len(values)) if values else None
+
+
+def theory_scores(infos: Sequence[ModelInfo]) -> tuple[dict[str, float], str]:
+    """Closed-form family bounds on ``λ_max`` (``½ L²``) at one shared layer constant.
+
+    Returns
+    -------
+    (scores, note)
+        ``{model name: score}`` (smaller = more robust) and a sentence for the report;
+        ``({}, reason)`` when the ranking is undefined (a model without a closed form, or
+        no certified conv/linear constant).
+    """
+    forms = {info.name: closed_form_for(info) for info in infos}
+    missing = [name for name, form in forms.items() if form is None]
+    if missing:
+        return {}, (f"No theory ranking: no family closed form for "
+                    f"{', '.join(missing)} (a model can declare fimbound_family and "
+                    f"fimbound_depth).")
+    constants = [i.layer_constant for i in infos if i.layer_constant]
+    if not constants:
+        return {}, "No theory ranking: no certified conv/linear constant to share."
+    h = math.exp(sum(map(math.log, constants)) / len(constants))
+    scores = {}
+    for name, form in forms.items():
+        value = float(form.subs({symbol: h for symbol in form.free_symbols}))
+        scores[name] = 0.5 * value ** 2 if math.isfinite(value) else math.inf
+    note = (f"The **theory** ranking evaluates each model's family closed form "
+            f"(Lipschitz bound with symbolic per-layer constants) with every per-layer "
+            f"constant set to the same value h = {h:.4g}, the geometric mean of the "
+            f"certified conv/linear norms of all checked models; it ranks architectures, "
+            f"not weights.")
+    return scores, note
