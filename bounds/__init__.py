@@ -20,10 +20,12 @@ from bounds import families
 from bounds.closed_forms import closed_form, depth_symbol
 from bounds.derive import Bound, EvaluatedBound, derive, propagate
 from bounds.errors import (
+    ArgumentError,
     BoundsError,
     FamilyError,
     GraphFormatError,
     GraphValidationError,
+    InvalidValueError,
     UnboundSymbolError,
 )
 from bounds.families import FAMILIES, PRESETS, densenet, preset, resnet, transformer, vgg
@@ -34,7 +36,7 @@ from bounds.schema import KINDS, OPS, OpSpec, node_lipschitz, parse_constant, va
 __all__ = [
     # errors
     "BoundsError", "FamilyError", "GraphFormatError", "GraphValidationError",
-    "UnboundSymbolError",
+    "UnboundSymbolError", "InvalidValueError", "ArgumentError",
     # schema and files
     "OPS", "KINDS", "OpSpec", "validate", "node_lipschitz", "parse_constant",
     "read_graph", "write_graph", "graph_to_data", "graph_from_data",

@@ -13,9 +13,11 @@ Virmaux 2018):
     L(\text{concat}) = \Bigl(\sum_i L(u_i)^2\Bigr)^{1/2} \;\; (:func:`theory.concat_rule`),
 
 with :math:`c_v` from :func:`bounds.node_lipschitz`. A node fed only by constants does not
-depend on :math:`x`, so its :math:`L` is 0 whatever its constant. The value at the
-``output`` node bounds :math:`\operatorname{Lip}(f)` of the logits, and with the softmax
-curvature :math:`\lambda_{\max}(\Sigma_p) \le 1/2` (:func:`theory.softmax_curvature_bound`)
+depend on :math:`x`, so its :math:`L` is 0 whatever its constant; and a node whose own
+constant is 0 is a constant map, so everything after it is 0 too (:math:`0 \cdot \infty =
+0`, see :mod:`bounds.evaluation`). The value at the ``output`` node bounds
+:math:`\operatorname{Lip}(f)` of the logits, and with the softmax curvature
+:math:`\lambda_{\max}(\Sigma_p) \le 1/2` (:func:`theory.softmax_curvature_bound`)
 
 .. math::
 
@@ -25,11 +27,14 @@ When the node constants bound local Jacobian norms at one input, the same propag
 bounds :math:`\|J(x)\|_2` at that input (chain rule), and :math:`\kappa(p)\|J(x)\|_2^2`
 bounds :math:`\lambda_{\max}(F(x))` there.
 
-:func:`derive` works in SymPy and keeps closed forms compact: predecessors are combined
-two at a time with their common factor pulled out (the rules are positively homogeneous),
+:func:`derive` writes :math:`L` in SymPy in time linear in the graph: every value is kept
+as a chain of factors (its predecessor's value times its own constant) and multiplied
+out once, at the end; a sum or concatenation of two values is written as their common
+chain (the nearest shared ancestor in the chains) times the rule applied to what is left,
 so residual blocks come out as :math:`L(u)(1 + b)` and dense blocks as
-:math:`L(u)\prod_l\sqrt{1 + h_l^2}`, never expanded.
-:func:`propagate` is the same recursion in floats for large graphs and repeated calls.
+:math:`L(u)\prod_l\sqrt{1 + h_l^2}`, never expanded. :meth:`Bound.evaluate` and
+:func:`propagate` compute the number from the node constants themselves with outward
+rounding, so the float they return is never below the exact bound.
 
 References
 ----------
@@ -41,17 +46,20 @@ from __future__ import annotations
 
 import functools
 import math
-import numbers
 from collections.abc import Mapping
+from fractions import Fraction
 from typing import NamedTuple
 
 import networkx as nx
 import sympy
+from mpmath import iv
 
 import theory
+from bounds import evaluation
 from bounds.errors import UnboundSymbolError
-from bounds.schema import OPS, _freeze, _theory_constant, node_lipschitz, parse_constant, \
-    validate
+from bounds.factored import Factors, free_symbols
+from bounds.schema import OPS, _freeze, _theory_constant, node_lipschitz, validate
+from bounds.validation import flag
 
 __all__ = ["Bound", "EvaluatedBound", "derive", "propagate"]
 
@@ -62,30 +70,22 @@ class EvaluatedBound(NamedTuple):
     Attributes
     ----------
     lipschitz : float
-        Bound on the Lipschitz constant of the logits.
+        Bound on the Lipschitz constant of the logits (rounded up).
     fisher : float
-        Bound :math:`\\tfrac12 L^2` on :math:`\\lambda_{\\max}(F(x))`.
+        Bound :math:`\\tfrac12 L^2` on :math:`\\lambda_{\\max}(F(x))` (rounded up).
     """
 
     lipschitz: float
     fisher: float
 
 
-def _free_symbols(expr: sympy.Expr) -> tuple:
-    """Free symbols, with ``h[1]`` standing for itself (the label ``h`` is not a symbol)."""
-    indexed = expr.atoms(sympy.Indexed)
-    labels = {item.base.label for item in indexed}
-    atoms = {s for s in expr.free_symbols if s not in labels or s in indexed}
-    return tuple(sorted(atoms, key=sympy.default_sort_key))
+class _Step(NamedTuple):
+    """One node of a derivation, for evaluating it again from the node constants."""
 
-
-def _value_map(values, function: str) -> dict[str, object]:
-    if values is None:
-        return {}
-    if not isinstance(values, Mapping):
-        raise UnboundSymbolError(
-            f"{function}: expected a mapping from symbols to numbers, got {values!r}.")
-    return {str(key): value for key, value in values.items()}
+    node: str
+    kind: str                 # "input", "zero", "sum", "concat" or "compose"
+    preds: tuple              # positions of the predecessors in the plan
+    constant: sympy.Expr | None
 
 
 class Bound:
@@ -99,7 +99,7 @@ class Bound:
         :math:`L`, a bound on the Lipschitz constant of input :math:`\to` logits.
     certified : bool, default True
         False when some constant in :math:`L` is an estimate rather than an upper bound.
-    node_constants : dict, optional
+    node_constants : mapping, optional
         Node -> :math:`L(\text{node})` for the graph it came from.
     name : str, optional
         The architecture's name.
@@ -113,8 +113,16 @@ class Bound:
         The free symbols of :math:`L`, sorted (indexed constants such as ``h[1]`` count as
         one symbol each).
     certified : bool
-    node_constants : dict
+    node_constants : mapping
+        Computed on first access of each node for a derived bound (the expression of
+        every node of a long chain is quadratic in its length).
     name : str or None
+
+    Notes
+    -----
+    For a graph with Float constants, :attr:`lipschitz` is SymPy's product of them,
+    rounded to nearest (for display and algebra); the certified number is
+    :meth:`evaluate`, which recomputes it from the node constants with outward rounding.
 
     Examples
     --------
@@ -132,8 +140,10 @@ class Bound:
                  name: str | None = None):
         self.lipschitz = sympy.sympify(lipschitz)
         self.certified = bool(certified)
-        self.node_constants = dict(node_constants or {})
+        self.node_constants = node_constants if isinstance(node_constants, Mapping) else \
+            dict(node_constants or {})
         self.name = name
+        self._plan: tuple[_Step, ...] | None = None
 
     @property
     def fisher(self) -> sympy.Expr:
@@ -143,7 +153,7 @@ class Bound:
     @property
     def symbols(self) -> tuple:
         """The free symbols of the bound, sorted."""
-        return _free_symbols(self.lipschitz)
+        return free_symbols(self.lipschitz)
 
     def fisher_at(self, p) -> sympy.Expr:
         r"""The Fisher bound :math:`\kappa(p)\, L^2` at a known output distribution ``p``.
@@ -172,23 +182,33 @@ class Bound:
         return theory.softmax_curvature_bound(p) * self.lipschitz**2
 
     def evaluate(self, values=None) -> EvaluatedBound:
-        """The bound at numeric values of its symbols.
+        """The bound at numeric values of its symbols, rounded up.
 
         Parameters
         ----------
         values : mapping, optional
-            Symbol (or its name, e.g. ``"h"`` or ``"h[1]"``) -> number. Extra entries are
-            ignored, so one mapping may serve several bounds.
+            Symbol (or its name, e.g. ``"h"`` or ``"h[1]"``) -> real number ``>= 0``
+            (``inf`` allowed: no finite constant). Extra entries are ignored, so one
+            mapping may serve several bounds.
 
         Returns
         -------
         EvaluatedBound
-            ``(lipschitz, fisher)`` as floats.
+            ``(lipschitz, fisher)`` as floats, never below the exact values: a derived
+            bound is recomputed from its node constants in interval arithmetic
+            (:mod:`bounds.evaluation`), so a constant that is not a real number
+            :math:`\\ge 0` at the values is caught at its node.
 
         Raises
         ------
+        ArgumentError
+            If ``values`` is not a mapping.
         UnboundSymbolError
             If some symbol has no value; the message lists them.
+        InvalidValueError
+            If a value is negative, NaN or not a number (naming the symbol), or a node
+            constant is not a real number :math:`\\ge 0` at the values (naming the node,
+            its constant and the value): ``h - 3`` at ``h = 1``, ``sqrt(h - 4)``.
 
         Examples
         --------
@@ -201,13 +221,28 @@ class Bound:
         ...
         bounds.errors.UnboundSymbolError: Bound.evaluate: no value for h.
         """
-        mapping = _value_map(values, "Bound.evaluate")
-        missing = [str(s) for s in self.symbols if str(s) not in mapping]
+        function = "Bound.evaluate"
+        mapping = evaluation.symbol_values(function, values)
+        expr = self.lipschitz if self._plan is not None else evaluation.substitute_depths(
+            self.lipschitz, mapping)
+        needed = self._needed() if self._plan is not None else free_symbols(expr)
+        missing = [str(s) for s in needed if str(s) not in mapping]
         if missing:
-            raise UnboundSymbolError(f"Bound.evaluate: no value for {', '.join(missing)}.")
-        subs = {s: sympy.sympify(mapping[str(s)]) for s in self.symbols}
-        lipschitz = float(sympy.N(self.lipschitz.xreplace(subs), 30))
-        return EvaluatedBound(lipschitz, lipschitz**2 / 2)
+            raise UnboundSymbolError(f"{function}: no value for {', '.join(missing)}.")
+        with evaluation.precision():
+            if self._plan is None:
+                interval = evaluation.checked_enclosure(
+                    expr, mapping, f"{function}: the bound {self.lipschitz}")
+            else:
+                interval = _run_plan(self._plan, mapping, function)[-1]
+            high = iv.mpf(interval.b)
+            return EvaluatedBound(evaluation.upper_float(high),
+                                  evaluation.upper_float(high * high / 2))
+
+    def _needed(self) -> tuple:
+        needed = set().union(*(free_symbols(step.constant) for step in self._plan
+                               if step.constant is not None))
+        return tuple(sorted(needed, key=sympy.default_sort_key))
 
     def latex(self) -> str:
         r"""LaTeX of the Lipschitz bound, e.g. ``h^{2}``; see also :meth:`_repr_latex_`.
@@ -235,37 +270,52 @@ class Bound:
         return f"Bound(lipschitz={self.lipschitz}, certified={self.certified})"
 
 
-def _ordered_predecessors(G, node, position) -> list:
-    return sorted(G.predecessors(node), key=position.__getitem__)
+def _run_plan(plan, mapping, function: str) -> list:
+    """Interval AutoLip over a derivation's steps (one interval per step); a node constant
+    that is not a real number >= 0 at ``mapping`` is refused naming the node."""
+    values = []
+    for step in plan:
+        preds = [values[i] for i in step.preds]
+        if step.kind == "input":
+            value = iv.mpf(1)
+        elif step.kind == "zero" or (step.kind == "compose" and _zero(preds[0])):
+            value = iv.mpf(0)
+        elif step.kind == "sum":
+            value = functools.reduce(lambda a, b: a + b, preds)
+        elif step.kind == "concat":
+            value = iv.sqrt(functools.reduce(lambda a, b: a + b, (p * p for p in preds)))
+        else:
+            constant = evaluation.checked_enclosure(
+                step.constant, mapping, f"{function}: node {step.node!r} (constant "
+                                        f"{step.constant})")
+            value = iv.mpf(0) if _zero(constant) else constant * preds[0]
+        values.append(value)
+    return values
 
 
-def _common_factor(a: sympy.Expr, b: sympy.Expr) -> sympy.Expr:
-    """A product of powers dividing both ``a`` and ``b`` (1 if none is found)."""
-    (ca, ra), (cb, rb) = a.as_coeff_Mul(), b.as_coeff_Mul()
-    powers_b = rb.as_powers_dict()
-    factors = [ca] if ca == cb and ca.is_positive else []
-    for base, ea in ra.as_powers_dict().items():
-        eb = powers_b.get(base)
-        if eb is None or base == 1:
-            continue
-        if ea == eb:
-            factors.append(base**ea)
-        elif ea.is_Rational and eb.is_Rational and ea > 0 and eb > 0:
-            factors.append(base ** min(ea, eb))
-    return sympy.Mul(*factors)
+def _zero(interval) -> bool:
+    return interval.a == 0 and interval.b == 0
 
 
-def _combine(rule, a: sympy.Expr, b: sympy.Expr) -> sympy.Expr:
-    """``rule(a, b)`` with the common factor of ``a`` and ``b`` pulled out.
-
-    The sum and concatenation rules are positively homogeneous,
-    ``rule(c a', c b') = c rule(a', b')`` for ``c >= 0``, so this is the rule's value
-    written as a product (no expansion): residual blocks come out as ``L(u) (1 + b)``.
-    """
-    if a == 0 or b == 0:
-        return rule(a, b)
-    common = _common_factor(a, b)
-    return common * rule(a / common, b / common)
+def _steps(G, order):
+    """The derivation plan: one step per node, the output last."""
+    position, plan = {}, []
+    output = next(node for node in order if G.nodes[node]["op"] == "output")
+    for node in [n for n in order if n != output] + [output]:
+        op = G.nodes[node]["op"]
+        kind = OPS[op].kind
+        preds = tuple(sorted(position[u] for u in G.predecessors(node)))
+        if op == "input":
+            step = _Step(node, "input", preds, None)
+        elif op == "constant":
+            step = _Step(node, "zero", preds, None)
+        elif kind in ("sum", "concatenation"):
+            step = _Step(node, "sum" if kind == "sum" else "concat", preds, None)
+        else:
+            step = _Step(node, "compose", preds, node_lipschitz(G, node))
+        position[node] = len(plan)
+        plan.append(step)
+    return tuple(plan)
 
 
 def derive(G) -> Bound:
@@ -280,8 +330,11 @@ def derive(G) -> Bound:
     -------
     Bound
         ``.lipschitz`` :math:`L` (SymPy), ``.fisher`` :math:`L^2/2`, ``.node_constants``
-        (node -> :math:`L(\text{node})`), ``.certified`` (False if any node has
-        ``certified=False``). Certified upper bound whenever every node constant is one.
+        (node -> :math:`L(\text{node})`, computed on access), ``.certified`` (False if any
+        node has ``certified=False``). Certified upper bound whenever every node constant
+        is one. For a graph whose constants are all numbers, one of them a Float,
+        :math:`L` is the Float of :func:`propagate` (rounded up), not a product rounded
+        by SymPy.
 
     Raises
     ------
@@ -296,10 +349,13 @@ def derive(G) -> Bound:
     time in topological order; since :math:`\mathrm{sum}(a, b, c) = \mathrm{sum}(
     \mathrm{sum}(a, b), c)` and :math:`\sqrt{\sqrt{a^2+b^2}^2 + c^2} = \sqrt{a^2+b^2+c^2}`,
     the result is the rule applied to all predecessors at once. Each pair is written as
-    :math:`c \cdot \mathrm{rule}(a/c, b/c)` with :math:`c` a common factor of
-    :math:`a` and :math:`b` (the rules are positively homogeneous), which keeps products
-    such as :math:`\prod_b (1 + \beta_b)` unexpanded. Cost: one SymPy operation
-    per edge; use :func:`propagate` for numbers.
+    :math:`c \cdot \mathrm{rule}(a/c, b/c)` with :math:`c` their common chain of factors
+    and any further common factor of what is left (the rules are positively homogeneous),
+    which keeps products such as :math:`\prod_b (1 + \beta_b)` unexpanded.
+
+    Cost: linear in the nodes and edges plus the walks from the two sides of a merge to
+    their nearest shared ancestor (the length of the branches), and one SymPy product of
+    the output's factors; no simplification. A 5,000-node chain takes about a second.
 
     References
     ----------
@@ -322,81 +378,126 @@ def derive(G) -> Bound:
     """
     validate(G)
     order = list(nx.topological_sort(G))
-    position = {node: i for i, node in enumerate(order)}
-    values: dict = {}
-    for node in order:
-        op = G.nodes[node]["op"]
-        kind = OPS[op].kind
-        preds = [values[u] for u in _ordered_predecessors(G, node, position)]
-        if op == "input":
-            values[node] = sympy.Integer(1)
-        elif op == "constant":
-            values[node] = sympy.Integer(0)
-        elif kind == "sum":
-            values[node] = functools.reduce(
-                lambda a, b: _combine(theory.sum_rule, a, b), preds)
-        elif kind == "concatenation":
-            values[node] = functools.reduce(
-                lambda a, b: _combine(theory.concat_rule, a, b), preds)
-        elif preds[0] == 0:
-            values[node] = sympy.Integer(0)
-        else:
-            values[node] = theory.compose_rule(node_lipschitz(G, node), preds[0])
-    output = next(node for node in order if G.nodes[node]["op"] == "output")
+    plan = _steps(G, order)
     certified = all(data.get("certified", True) for _, data in G.nodes(data=True))
-    return Bound(values[output], certified=certified, node_constants=values,
-                 name=G.graph.get("name"))
+    constants = [step.constant for step in plan if step.constant is not None]
+    if not any(c.free_symbols for c in constants) and any(c.has(sympy.Float)
+                                                           for c in constants):
+        with evaluation.precision():
+            intervals = _run_plan(plan, {}, "derive")
+        node_constants = {step.node: sympy.Float(evaluation.upper_float(interval))
+                          for step, interval in zip(plan, intervals)}
+        lipschitz = node_constants[plan[-1].node]
+    else:
+        factors = Factors()
+        values = _factored(plan, factors)
+        node_constants = factors.expressions({step.node: value
+                                              for step, value in zip(plan, values)})
+        lipschitz = node_constants[plan[-1].node]
+    bound = Bound(lipschitz, certified=certified, node_constants=node_constants,
+                  name=G.graph.get("name"))
+    bound._plan = plan
+    return bound
+
+
+def _factored(plan, factors: Factors) -> list:
+    values = []
+    for step in plan:
+        preds = [values[i] for i in step.preds]
+        if step.kind == "input":
+            values.append(factors.one)
+        elif step.kind == "zero":
+            values.append(factors.zero)
+        elif step.kind == "sum":
+            values.append(functools.reduce(
+                lambda a, b: factors.merge(theory.sum_rule, a, b), preds))
+        elif step.kind == "concat":
+            values.append(functools.reduce(
+                lambda a, b: factors.merge(theory.concat_rule, a, b), preds))
+        else:
+            values.append(factors.times(preds[0], step.constant))
+    return values
 
 
 # --------------------------------------------------------------------------- floats
 
 
-@functools.lru_cache(maxsize=4096)
-def _compiled(expr: sympy.Expr):
-    """``(names, function)`` evaluating ``expr`` from floats with :mod:`math`."""
-    symbols = _free_symbols(expr)
-    function = sympy.lambdify(symbols, expr, modules="math", dummify=True)
-    return tuple(str(s) for s in symbols), function
+def _times_up(a: float, b: float) -> float:
+    """``a * b`` rounded up (exact products stay exact); 0 times anything is 0."""
+    if a == 0 or b == 0:
+        return 0.0
+    product = a * b
+    if math.isfinite(product) and Fraction(a) * Fraction(b) > Fraction(product):
+        product = math.nextafter(product, math.inf)
+    return product
+
+
+def _sum_up(terms: list[float]) -> float:
+    total = math.fsum(terms)
+    if math.isfinite(total) and math.fsum([*terms, -total]) > 0:
+        total = math.nextafter(total, math.inf)
+    return total
+
+
+def _hypot_up(terms: list[float]) -> float:
+    root = math.hypot(*terms)
+    if math.isfinite(root):
+        exact = sum(Fraction(t) ** 2 for t in terms)
+        while Fraction(root) ** 2 < exact:
+            root = math.nextafter(root, math.inf)
+    return root
 
 
 @functools.lru_cache(maxsize=1024)
 def _theory_float(op: str, frozen_params: tuple) -> float:
-    return float(_theory_constant(op, frozen_params))
+    return evaluation.upper_value(_theory_constant(op, frozen_params), {}, f"op {op!r}")
 
 
-def _float_constant(G, node, data, mapping) -> float:
+def _float_constant(node, data, mapping) -> float:
     value = data.get("lipschitz")
     if value is None and data["op"] == "output":
         return 1.0
     if value is None:
         return _theory_float(data["op"], _freeze(data.get("params", {})))
-    if isinstance(value, numbers.Real) and not isinstance(value, sympy.Basic):
-        return float(value)
-    expr = parse_constant(value) if isinstance(value, str) else value
-    if expr.is_Number:
-        return float(expr)
-    names, function = _compiled(expr)
-    missing = [name for name in names if name not in mapping]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value) if float(value) >= value else math.nextafter(float(value),
+                                                                           math.inf)
+    expr = _constant_expr(value)
+    missing = [str(s) for s in free_symbols(expr) if str(s) not in mapping]
     if missing:
         raise UnboundSymbolError(
             f"propagate: node {node!r} needs a value for {', '.join(missing)}.")
-    return float(function(*(float(mapping[name]) for name in names)))
+    return evaluation.upper_value(expr, mapping, f"propagate: node {node!r} (constant "
+                                                 f"{expr})")
+
+
+@functools.lru_cache(maxsize=65536)
+def _parsed(text: str) -> sympy.Expr:
+    from bounds.schema import parse_constant
+    return parse_constant(text)
+
+
+def _constant_expr(value) -> sympy.Expr:
+    return _parsed(value) if isinstance(value, str) else sympy.sympify(value)
 
 
 def propagate(G, values=None, *, check: bool = True) -> float:
     r"""The bound of :func:`derive`, computed in floats: :math:`L` of the logits.
 
-    The same recursion as :func:`derive` with :func:`math.fsum` for ``add`` and
-    :func:`math.hypot` for ``concat``; theory constants and symbolic node constants are
-    compiled once and cached, so repeated calls (per-sample local bounds) cost one pass
-    over the graph.
+    The same recursion as :func:`derive` in double precision, every operation rounded
+    up (:func:`math.fsum` for ``add``, :func:`math.hypot` for ``concat``, each checked
+    exactly against the true result and moved up one unit in the last place when below
+    it), so the float is never below the exact bound of the node constants; theory
+    constants are computed once and cached, symbolic node constants are evaluated at
+    ``values`` in interval arithmetic (:mod:`bounds.evaluation`). Repeated calls
+    (per-sample local bounds) cost one pass over the graph.
 
     Parameters
     ----------
     G : networkx.DiGraph
         An architecture graph.
     values : mapping, optional
-        Symbol (or name) -> number for the symbolic node constants.
+        Symbol (or name) -> real number :math:`\ge 0` for the symbolic node constants.
     check : bool, default True
         Validate ``G`` first. Pass False in a hot loop over a graph already validated.
 
@@ -404,15 +505,20 @@ def propagate(G, values=None, *, check: bool = True) -> float:
     -------
     float
         A bound on the Lipschitz constant of input -> logits (or, with local node
-        constants, on the Jacobian norm at that input); ``derive(G).evaluate(values)
-        .lipschitz`` up to rounding.
+        constants, on the Jacobian norm at that input); at least
+        ``derive(G).evaluate(values).lipschitz`` minus one rounding.
 
     Raises
     ------
     GraphValidationError
         If ``check`` and ``G`` breaks the schema.
+    ArgumentError
+        If ``values`` is not a mapping.
     UnboundSymbolError
         If a node constant has a symbol without a value; the message names node and symbol.
+    InvalidValueError
+        If a value is not a real number :math:`\ge 0`, or a node constant is not one at
+        the values (the message names the node, its constant and the value).
 
     Examples
     --------
@@ -420,9 +526,10 @@ def propagate(G, values=None, *, check: bool = True) -> float:
     >>> round(propagate(densenet(3, shared=True), {"h": 1.0}), 12)
     2.828427124746
     """
+    flag("propagate", "check", check, error=TypeError)
     if check:
         validate(G)
-    mapping = _value_map(values, "propagate")
+    mapping = evaluation.symbol_values("propagate", values)
     bound: dict = {}
     output = None
     for node in nx.topological_sort(G):
@@ -435,12 +542,12 @@ def propagate(G, values=None, *, check: bool = True) -> float:
         elif op == "constant":
             bound[node] = 0.0
         elif kind == "sum":
-            bound[node] = math.fsum(preds)
+            bound[node] = _sum_up(preds)
         elif kind == "concatenation":
-            bound[node] = math.hypot(*preds)
+            bound[node] = _hypot_up(preds)
         else:
-            bound[node] = 0.0 if preds[0] == 0 else (
-                _float_constant(G, node, data, mapping) * preds[0])
+            bound[node] = 0.0 if preds[0] == 0 else _times_up(
+                _float_constant(node, data, mapping), preds[0])
             if op == "output":
                 output = node
     return bound[output]

@@ -1,7 +1,8 @@
 """Exceptions raised by :mod:`bounds`.
 
-Every error inherits :class:`BoundsError` and a builtin (:class:`ValueError`), so callers
-may catch either; messages name the culprit (a node, a symbol, a family, a file).
+Every error inherits :class:`BoundsError` and a builtin (:class:`ValueError`, or
+:class:`TypeError` for an argument of the wrong type), so callers may catch either;
+messages name the culprit (a node, a symbol, a family, a file).
 """
 
 __all__ = [
@@ -10,6 +11,8 @@ __all__ = [
     "GraphFormatError",
     "UnboundSymbolError",
     "FamilyError",
+    "InvalidValueError",
+    "ArgumentError",
 ]
 
 
@@ -31,3 +34,12 @@ class UnboundSymbolError(BoundsError, ValueError):
 
 class FamilyError(BoundsError, ValueError):
     """An unknown architecture family or preset, or an invalid option of a family builder."""
+
+
+class InvalidValueError(BoundsError, ValueError):
+    """A value given for a symbol, or a constant evaluated at the given values, is not a
+    real number >= 0 (negative, NaN, complex); the message names the symbol or the node."""
+
+
+class ArgumentError(BoundsError, TypeError):
+    """An argument of the wrong type, e.g. symbol values that are not a mapping."""

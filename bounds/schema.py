@@ -31,7 +31,8 @@ import networkx as nx
 import sympy
 
 import theory
-from bounds.errors import GraphValidationError
+from bounds import evaluation
+from bounds.errors import GraphValidationError, InvalidValueError
 
 __all__ = ["OpSpec", "OPS", "KINDS", "parse_constant", "node_lipschitz", "validate"]
 
@@ -68,10 +69,10 @@ KINDS = ("structural", "weighted", "activation", "pooling", "unit", "sum", "conc
 
 _WEIGHTED = ("linear", "conv", "batchnorm", "layernorm", "attention", "scale", "embedding",
              "function")
-_ACTIVATIONS = ("relu", "leaky_relu", "elu", "tanh", "sigmoid", "softplus", "gelu",
-                "gelu_tanh", "silu", "hardswish", "mish", "relu6", "hardtanh")
-_POOLING = ("maxpool", "avgpool")
 _UNIT = ("identity", "dropout", "flatten", "reshape", "permute", "select")
+#: every elementwise activation of theory.ACTIVATIONS (the identity-like ones are "unit")
+_ACTIVATIONS = tuple(name for name in theory.ACTIVATIONS if name not in _UNIT)
+_POOLING = ("maxpool", "avgpool", "adaptive_avgpool")
 
 #: The op vocabulary: op name -> :class:`OpSpec` (read-only).
 OPS = MappingProxyType({
@@ -92,10 +93,23 @@ OPS = MappingProxyType({
 _ALLOWED_CHARS = re.compile(r"[A-Za-z0-9_+\-*/^().,\[\]\s]*")
 _IDENTIFIER = re.compile(r"(?<![0-9.])[A-Za-z_][A-Za-z0-9_]*")
 _ATTRIBUTE = re.compile(r"\.\s*[A-Za-z_]")
+_NAME = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*")
+_INDEXED = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*\[\s*(\d+(?:\s*,\s*\d+)*)\s*\]\s*")
 _FUNCTIONS = {name: getattr(sympy, name) for name in (
     "sqrt", "exp", "log", "Max", "Min", "Abs", "erf", "erfc", "tanh", "cosh", "sinh",
     "Rational", "Integer", "Float", "Product", "Sum", "floor", "ceiling")}
 _CONSTANTS = {"pi": sympy.pi, "E": sympy.E, "oo": sympy.oo}
+#: names that SymPy or Python would read as something other than a positive symbol
+_RESERVED = {
+    **dict.fromkeys(("nan", "NaN"), "NaN is not a constant"),
+    **dict.fromkeys(("inf", "Inf", "infinity", "Infinity"), "write oo for an infinite "
+                                                             "constant"),
+    "zoo": "zoo is SymPy's complex infinity; a Lipschitz constant is real (write oo)",
+    "I": "I is SymPy's imaginary unit; a Lipschitz constant is real",
+    **dict.fromkeys(("Integer", "Float", "Rational", "Symbol"),
+                    "this name is reserved for numbers; use it as a function, e.g. "
+                    "Rational(1, 3)"),
+}
 
 
 def parse_constant(text: str) -> sympy.Expr:
@@ -103,11 +117,15 @@ def parse_constant(text: str) -> sympy.Expr:
 
     Accepted are numbers, symbols, ``+ - * / ** ^``, the functions ``sqrt exp log Max Min
     Abs erf erfc tanh cosh sinh floor ceiling Rational Integer Float Product Sum``, the
-    constants ``pi E oo`` and indexed symbols ``h[1, 2]`` (an
-    :class:`~sympy.IndexedBase` with ``positive=True``). Everything else, in particular
-    attribute access and Python keywords, is refused before SymPy evaluates anything, so a
-    graph file cannot run code. Any other bare name is a positive
-    :class:`~sympy.Symbol`, even one SymPy would read as a function (``gamma``, ``beta``).
+    constants ``pi``, ``E`` (Euler's number) and ``oo`` (infinity: no finite constant),
+    and indexed symbols ``h[1, 2]`` (an :class:`~sympy.IndexedBase` with
+    ``positive=True``). Everything else, in particular attribute access and Python
+    keywords, is refused before SymPy evaluates anything, so a graph file cannot run code.
+    Names SymPy would read as something else are refused too: ``nan`` and ``NaN`` (NaN is
+    not a constant), ``zoo`` and ``I`` (not real), ``inf``/``infinity`` (write ``oo``),
+    and ``Integer``, ``Float``, ``Rational``, ``Symbol`` unless called. Any other bare name
+    is a positive :class:`~sympy.Symbol`, even one SymPy would read as a function
+    (``gamma``, ``beta``, ``N``, ``S``).
 
     Parameters
     ----------
@@ -121,7 +139,8 @@ def parse_constant(text: str) -> sympy.Expr:
     Raises
     ------
     GraphValidationError
-        If the text uses anything outside the grammar above or does not parse.
+        If the text uses anything outside the grammar above, names a reserved name, or
+        does not parse.
 
     Examples
     --------
@@ -131,14 +150,32 @@ def parse_constant(text: str) -> sympy.Expr:
     (gamma*sqrt(h_1**2 + 1), [True, True])
     >>> parse_constant("h[2]*3/2")
     3*h[2]/2
+    >>> parse_constant("nan")
+    Traceback (most recent call last):
+    ...
+    bounds.errors.GraphValidationError: parse_constant: 'nan' in 'nan' is not allowed: NaN is not a constant.
     """
     if not isinstance(text, str):
         raise GraphValidationError(f"parse_constant: expected a string, got {text!r}.")
     return _parse(text)
 
 
-@functools.lru_cache(maxsize=4096)
+def _symbol(name: str, text: str):
+    if name in _RESERVED:
+        raise GraphValidationError(f"parse_constant: {name!r} in {text!r} is not allowed: "
+                                   f"{_RESERVED[name]}.")
+    return _CONSTANTS.get(name) or sympy.Symbol(name, positive=True)
+
+
+@functools.lru_cache(maxsize=65536)
 def _parse(text: str) -> sympy.Expr:
+    plain = _NAME.fullmatch(text)
+    if plain and not keyword.iskeyword(plain.group(1)) and not plain.group(1).startswith("__"):
+        return _symbol(plain.group(1), text)  # the common case, without the parser
+    indexed = _INDEXED.fullmatch(text)
+    if indexed and indexed.group(1) not in _RESERVED and indexed.group(1) not in _CONSTANTS:
+        indices = tuple(int(i) for i in indexed.group(2).split(","))
+        return sympy.IndexedBase(indexed.group(1), positive=True)[indices]
     if not _ALLOWED_CHARS.fullmatch(text) or _ATTRIBUTE.search(text) or not text.strip():
         raise GraphValidationError(
             f"parse_constant: expected an arithmetic expression, got {text!r}.")
@@ -156,9 +193,12 @@ def _parse(text: str) -> sympy.Expr:
                     f"{', '.join(sorted(_FUNCTIONS))}.")
             names[name] = _FUNCTIONS[name]
         elif rest.startswith("["):
+            if name in _RESERVED or name in _CONSTANTS:
+                raise GraphValidationError(f"parse_constant: {name!r} in {text!r} cannot "
+                                           f"be indexed.")
             names[name] = sympy.IndexedBase(name, positive=True)
         else:
-            names[name] = _CONSTANTS.get(name) or sympy.Symbol(name, positive=True)
+            names[name] = _symbol(name, text)
     try:
         from sympy.parsing.sympy_parser import (convert_xor, parse_expr,
                                                 standard_transformations)
@@ -188,10 +228,21 @@ def _as_expr(G, node, value) -> sympy.Expr:
     elif isinstance(value, numbers.Real) and not isinstance(value, sympy.Basic):
         if math.isnan(value) or value < 0:
             raise GraphValidationError(f"{where}: expected 'lipschitz' >= 0, got {value!r}.")
-        value = sympy.Integer(value) if isinstance(value, numbers.Integral) else sympy.Float(
+        return sympy.Integer(value) if isinstance(value, numbers.Integral) else sympy.Float(
             float(value))
-    if value.has(sympy.nan) or value.is_extended_real is False or value.is_negative:
+    if value.has(sympy.nan, sympy.zoo) or value.is_extended_real is False or value.is_negative:
         raise GraphValidationError(f"{where}: expected 'lipschitz' >= 0, got {value!r}.")
+    names = {str(s) for s in value.free_symbols} & (set(_RESERVED) | set(_CONSTANTS))
+    if names:
+        raise GraphValidationError(
+            f"{where}: a symbol named {sorted(names)[0]!r} would be read back from a graph "
+            f"file as SymPy's {sorted(names)[0]}; rename it.")
+    if not value.free_symbols:
+        try:
+            evaluation.upper_value(value, {}, f"{where}: 'lipschitz' {value}")
+        except InvalidValueError as err:
+            raise GraphValidationError(f"{where}: expected 'lipschitz' >= 0, got {value}: "
+                                       f"{str(err).split(': ', 2)[-1]}") from err
     return value
 
 
@@ -222,6 +273,8 @@ def _theory_constant(op: str, frozen_params: tuple) -> sympy.Expr:
         for key in ("padding", *_AVGPOOL_DEFAULTS):
             params.pop(key, None)
         return sympy.sympify(theory.avgpool_lipschitz(**params))
+    if op == "adaptive_avgpool":
+        return sympy.sympify(theory.adaptive_avgpool_lipschitz(**params))
     return sympy.sympify(theory.activation_lipschitz(op, **params))
 
 
@@ -229,7 +282,7 @@ def _theory_constant(op: str, frozen_params: tuple) -> sympy.Expr:
 _AVGPOOL_DEFAULTS = {"count_include_pad": True, "ceil_mode": False, "divisor_override": None}
 
 #: the pooling params that theory reads as sizes (one entry per spatial dimension)
-_POOLING_SIZES = ("kernel_size", "stride", "dilation")
+_POOLING_SIZES = ("kernel_size", "stride", "dilation", "output_size", "input_size")
 
 
 def _check_pooling_dimension(node, op: str, params: dict) -> None:
@@ -245,8 +298,8 @@ def _check_pooling_dimension(node, op: str, params: dict) -> None:
         raise GraphValidationError(
             f"validate: node {node!r} (op {op!r}) expected "
             f"{'/'.join(sizes)} as lists with one entry per spatial dimension or "
-            f"params['ndim'], got {params!r}; write e.g. kernel_size=[3, 3] for a 2-D "
-            f"pooling, or add 'ndim': 2.")
+            f"params['ndim'], got {params!r}; write e.g. {next(iter(sizes))}=[3, 3] for a "
+            f"2-D pooling, or add 'ndim': 2.")
 
 
 def node_lipschitz(G, node) -> sympy.Expr:

@@ -252,10 +252,12 @@ def test_params_must_be_a_dict():
     ("maxpool", {}, "kernel_size"),
     ("leaky_relu", {"slope": 2}, "negative_slope"),
     ("avgpool", {"kernel_size": [2, 2], "count_include_pad": False}, "changes the divisor"),
-    ("avgpool", {"kernel_size": 0, "ndim": 1}, "positive integer"),
+    ("avgpool", {"kernel_size": 0, "ndim": 1}, "expected kernel_size to be an integer >= 1, "
+                                               "got 0"),
     ("maxpool", {"kernel_size": [3, 3], "stride": [2, 2, 2]}, "one entry per spatial"),
     ("maxpool", {"kernel_size": [3, 3], "ndim": 3}, r"expected 3 entries per size"),
-    ("avgpool", {"kernel_size": 2, "ndim": True}, "positive integer ndim"),
+    ("avgpool", {"kernel_size": 2, "ndim": True}, "expected ndim to be an integer >= 1, got "
+                                                  "True"),
 ], ids=["maxpool-no-kernel", "leaky-relu-unknown", "avgpool-divisor", "avgpool-zero",
         "length-mismatch", "ndim-mismatch", "bool-ndim"])
 def test_theory_rejects_params(op, params, match):
