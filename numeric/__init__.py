@@ -41,7 +41,6 @@ _LAZY = {
     "TracedModel": "numeric.graph",
     "module_graph": "numeric.graph",
     "fisher_bound": "numeric.graph",
-    "fisher_bounds": "numeric.graph",
     "lipschitz_bound": "numeric.graph",
     "register_rule": "numeric.graph",
     "linear_operator_norm": "numeric.graph",

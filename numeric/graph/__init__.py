@@ -1,20 +1,24 @@
 """torch model -> architecture graph with certified constants, and certified Fisher bounds.
 
-- :func:`module_graph` traces a model with torch.fx into the schema of
-  ``docs/internals.md``; every constant is a certified upper bound.
-- :func:`fisher_bound` bounds :math:`\\lambda_{\\max}(F(x))` for every input, or at each
-  row of a batch (``local=True``).
-- :func:`register_rule` adds the rule of a module type, function or Tensor method.
+- :func:`trace_model` exports a model once (``torch.export``: functional ATen graph,
+  normalised arguments, hooks and subclasses traced through) and returns a
+  :class:`TracedModel` with every certified bound: global and local Fisher bounds,
+  Lipschitz bounds of the output or the centred output; each self-checks against exact
+  float64 values at the inputs it was given.
+- :func:`fisher_bound`, :func:`lipschitz_bound`, :func:`module_graph` are one-call forms.
+- :func:`register_rule` adds the rule of an ATen operator or a module class.
 - :func:`linear_operator_norm`, :func:`conv_operator_norm_bound` are the certified norms
   (:func:`conv_operator_norm_estimate` is the labelled power-iteration estimate).
 
-Layout: :mod:`~numeric.graph.norms` (operator norms), :mod:`~numeric.graph.registry`
-(the registry), :mod:`~numeric.graph.rules` (built-in rules), :mod:`~numeric.graph.trace`
-(tracing and graph building), :mod:`~numeric.graph.bound` (global and local bounds).
+Layout: :mod:`~numeric.graph.export` (torch.export), :mod:`~numeric.graph.registry` (the
+registry), :mod:`~numeric.graph.rules` (built-in rules by operator family),
+:mod:`~numeric.graph.rows` (rows of the batch), :mod:`~numeric.graph.trace` (graph
+building), :mod:`~numeric.graph.passes` (exact tightenings), :mod:`~numeric.graph.bound`
+(bounds), :mod:`~numeric.graph.selfcheck` (the last line of defence),
+:mod:`~numeric.graph.norms` (operator norms).
 """
 
-from numeric.graph.bound import (TracedModel, fisher_bound, fisher_bounds,
-                                 graph_lipschitz_bound, lipschitz_bound, module_graph,
+from numeric.graph.bound import (TracedModel, fisher_bound, lipschitz_bound, module_graph,
                                  trace_model)
 from numeric.graph.norms import (
     CERTIFICATION_FACTOR,
@@ -40,9 +44,7 @@ __all__ = [
     "TracedModel",
     "module_graph",
     "fisher_bound",
-    "fisher_bounds",
     "lipschitz_bound",
-    "graph_lipschitz_bound",
     "register_rule",
     "lookup_rule",
     "linear_operator_norm",

@@ -1,17 +1,20 @@
-"""The rule registry: module type / function / method name -> Lipschitz rule.
+"""The rule registry: ATen operator or module class -> Lipschitz rule.
 
-A *rule* turns one traced operation into one node of the architecture graph
-(``docs/internals.md``): its ``op``, a certified constant and its parameters. It may also
-give a *local* constant: a bound on the Jacobian norm of the operation at the actual
-inputs of a batch, one value per row. BackPACK-style, the registry maps
+A *rule* turns one operation of the exported ATen graph (:mod:`numeric.graph.export`)
+into a :class:`NodeSpec`: the op of the graph vocabulary (``docs/internals.md``), a
+certified constant, and how the operation moves entries, so that the tracer can check the
+rows of a batch never mix. It may also give a *local* constant: a bound on the Jacobian
+norm at the actual inputs, one value per row. BackPACK-style, the registry maps
 
-- a module class (``torch.nn.Conv2d``), looked up along the MRO of the module's type;
-- a function (``torch.cat``, ``operator.add``, ``torch.nn.functional.relu``);
-- a string, the name of a ``torch.Tensor`` method (``"view"``, ``"relu"``),
+- an ATen operator overload (``torch.ops.aten.convolution.default``) or packet
+  (``torch.ops.aten.add``: every overload), the form every model takes once exported;
+- a module class (``nn.MultiheadAttention``): its instances of *exactly* that class are
+  kept whole while exporting (:func:`~numeric.graph.export.export_model`); a subclass is
+  traced through unless it is registered itself, so a subclass that overrides ``forward``
+  never inherits a rule proved for its parent.
 
-to a :class:`Rule`. Registering a module class also makes :func:`numeric.module_graph`
-treat its instances as leaves (they are not traced into), so a custom block with
-data-dependent control flow becomes traceable once it has a rule.
+Anything without a rule is refused by name. Arguments reach a rule normalised to the
+operator's schema (:meth:`RuleContext.arg` by name, with the schema's defaults).
 """
 
 from __future__ import annotations
@@ -26,28 +29,27 @@ from torch import fx, nn
 from numeric.errors import InputError, UnsupportedModuleError
 
 __all__ = ["NodeSpec", "Rule", "RuleContext", "Value", "GraphOptions", "register_rule",
-           "lookup_rule", "registered_module_types", "describe_target"]
+           "lookup_rule", "registered_module_types", "describe_target", "unsupported"]
 
 
 @dataclass(frozen=True)
 class GraphOptions:
-    """How :func:`numeric.module_graph` turns constants into a graph.
+    """How :func:`numeric.trace_model` turns constants into a graph.
 
     Attributes
     ----------
     fold_batchnorm : bool
         Fold an eval-mode BatchNorm into the conv/linear layer right before it (when that
         layer feeds nothing else), or else into the conv/linear layer after it when only
-        elementwise or per-channel ops lie in between (their Jacobians commute with a
-        per-channel scaling: pre-activation DenseNet layers); likewise LayerNorm's
+        operations whose Jacobians commute with a per-channel scaling (elementwise ones,
+        pooling, a channel-major flatten) lie in between; likewise LayerNorm's
         :math:`\\gamma` into a linear layer after it. The node constant becomes the norm
         of the rescaled weight, never larger than the product of the two norms.
     centre_logits : bool
         Replace the constant of a final linear layer :math:`W` by
         :math:`\\|C W\\|_2` with :math:`C = I - 11^\\top/K`: the Fisher information depends
         only on the centred logits (:math:`\\Sigma_p = C\\Sigma_p C`), so the graph then
-        bounds the Lipschitz constant of the centred logits, and ``Lip^2/2`` still bounds
-        :math:`\\lambda_{\\max}(F)`.
+        bounds the Lipschitz constant of the centred logits.
     merge_pooling : bool
         Merge an upsampling average pooling (e.g. torchvision VGG's 1x1 -> 7x7) with the
         linear layer after it into one exact matrix norm.
@@ -55,12 +57,10 @@ class GraphOptions:
         ``method`` of :func:`numeric.conv_operator_norm_bound`.
     refine_limit : int
         Largest matrix (entries) for which the local bound uses the exact norm of the
-        masked matrix :math:`\\|D_{next} W D_{prev}\\|_2` at each row (a linear layer's
-        weight, a convolution's explicit matrix on its grid).
+        masked matrix :math:`\\|D_{next} W D_{prev}\\|_2` at each row.
     allow_unbounded : bool
         Give an infinite constant, instead of raising, to an op that has no global
-        constant but has a local rule (attention without a LayerNorm before it): used by
-        local bounds, where every such node gets its value at each row.
+        constant but has a local rule (attention on unbounded tokens).
     """
 
     fold_batchnorm: bool = True
@@ -69,6 +69,10 @@ class GraphOptions:
     conv_method: str = "auto"
     refine_limit: int = 2 ** 20
     allow_unbounded: bool = False
+
+
+#: How an operation moves entries (``NodeSpec.kind``).
+KINDS = ("map", "movement", "sum", "scale", "choose", "alias", "leaf")
 
 
 @dataclass(frozen=True)
@@ -80,53 +84,63 @@ class NodeSpec:
     op : str
         A name of ``bounds.OPS``.
     lipschitz : float, callable or None
-        The certified node constant; None leaves it to :mod:`theory` (activation, pooling
-        and unit ops with ``params``). A zero-argument callable is evaluated once the whole
-        model is traced, so that an expensive norm is not computed for a layer that a
-        BatchNorm folding replaces.
-    params : dict
-        JSON parameters of the op (``kernel_size``, ``negative_slope``, ...).
-    certified : bool
-        False for an estimate.
-    label : str
-        One line on how the constant was obtained.
-    alias : bool
-        The operation is the identity map (dropout in eval mode, ``contiguous``): no node,
-        its output *is* its input.
-    output_radius : float or None
-        A bound on the Euclidean norm of every last-dimension vector ("token") of the
-        output, valid for every input (LayerNorm sets it; attention reads it).
-    tuple_index : int or None
-        The operation returns a tuple and the node stands for this entry of it.
-    fold : callable or None
-        ``fold(scale) -> NodeSpec``: the spec after multiplying output channel ``c`` by
-        ``scale[c]`` (conv and linear layers: BatchNorm folding).
-    fold_input : callable or None
-        ``fold_input(scale) -> NodeSpec``: the spec after multiplying input channel ``c``
-        (input feature ``c`` of a linear layer, blocks of equal size after a flatten) by
-        ``scale[c]``: a BatchNorm before it, separated only by elementwise or per-channel
-        operations, whose Jacobians commute with a per-channel scaling.
-    feature_scale, without_scale : Tensor, callable or None
-        LayerNorm's elementwise scale :math:`\\gamma` (last dimension) and the spec of the
-        same op without it, for folding :math:`\\gamma` into the linear layer after it.
-    channel_scale : Tensor or None
-        The per-channel factors of an affine channel map (BatchNorm), for folding.
+        The certified node constant (``kind="map"``/``"leaf"``); None leaves it to
+        :mod:`theory` (activation and pooling ops with ``params``). A zero-argument callable
+        is evaluated once the whole model is traced (an expensive norm is not computed for
+        a layer that a folding replaces).
+    params, certified, label
+        JSON parameters of the op; False for an estimate; one line on how the constant was
+        obtained.
+    kind : str
+        How entries move, which the tracer uses to count copies and to check that rows
+        never mix:
+
+        - ``"map"``: one input-dependent operand; output entries combine input entries
+          only along the input dimensions ``mixes`` (``elementwise`` if none: output entry
+          ``i`` depends on input entry ``i``); the other dimensions keep their positions.
+        - ``"movement"``: every output entry copies one input entry or is a constant fill
+          (views, permutations, indexing, padding, concatenation); the tracer replays the
+          operation on encoded entries, checks that it really is one, and counts copies.
+        - ``"sum"``: :math:`\\sum_i a_i x_i` + constants, with ``coefficients`` :math:`a_i`
+          for the input-dependent operands in order; broadcasting is counted centrally.
+        - ``"scale"``: one operand times a constant tensor ``factor`` (broadcast); the
+          exact norm of the broadcast diagonal map is computed centrally.
+        - ``"choose"``: each output entry is one of the operands' entries at that position,
+          chosen by value (``maximum``, ``minimum``): the concatenation rule.
+        - ``"alias"``: the identity map; no node.
+        - ``"leaf"``: a registered module kept whole; it gives its own row check
+          (``batch_dim``).
+    mixes : tuple of int
+        ``kind="map"``: the input dimensions whose entries combine (non-negative).
+    keepdim : bool
+        ``kind="map"``: the mixed dimensions stay in the output (possibly resized); False
+        when they disappear (reductions without ``keepdim``).
+    channelwise : bool
+        The Jacobian commutes with a per-channel (dimension 1) diagonal scaling: elementwise
+        ops and pooling (for BatchNorm folding).
+    radius : callable or None
+        Input token-norm bound -> output token-norm bound (``None`` -> unknown); tokens are
+        last-dimension vectors. LayerNorm sets one; attention needs one.
+    outputs : dict or None
+        For an operation returning a tuple: entry index -> ``"traced"`` (the entry the node
+        stands for), ``"meta"`` (input-dependent but without a derivative that matters:
+        max-pool indices, LayerNorm's statistics). Using any other entry is refused.
+    coefficients : tuple of float
+        ``kind="sum"``.
+    factor : Tensor or float
+        ``kind="scale"``.
+    batch_dim : int or None
+        ``kind="leaf"``: the dimension of its (first) input that indexes the rows.
+    fold, fold_input, channel_scale, feature_scale, without_scale
+        BatchNorm / LayerNorm folding: ``fold(scale)`` scales the output channels of a
+        conv/linear layer, ``fold_input(scale)`` its input channels; ``channel_scale`` the
+        per-channel factors of an affine channel map; ``feature_scale`` LayerNorm's
+        :math:`\\gamma` and ``without_scale()`` the spec without it.
     matrix : Tensor or None
-        The weight of a linear layer acting on the last dimension, for the centring and
-        the local masked refinement.
+        The weight of a linear map on the last dimension (centring, local refinement).
     dense : callable or None
         ``dense() -> Tensor``: the explicit matrix of a linear op on flattened coordinates
-        (a convolution on its grid), for the local masked refinement when it is small;
-        ``dense_entries`` is its size.
-    pending : tuple or None
-        For a data-movement op that returns a tuple (``chunk``, ``split``): the op applied
-        to the encoded input, so that indexing the tuple can count copies.
-    liveness : str
-        How the set of output entries that depend on the input follows from the input's:
-        ``"all"`` (every entry may, the safe default), ``"same"`` (elementwise ops),
-        ``"replay"`` (data movement: the op applied to the mask), ``"last:k"`` (an entry
-        depends on the input when its token, the last ``k`` dimensions, does: LayerNorm,
-        a linear layer on the last dimension).
+        (a convolution on its grid) for the local refinement; ``dense_entries`` its size.
     """
 
     op: str
@@ -134,78 +148,93 @@ class NodeSpec:
     params: dict = field(default_factory=dict)
     certified: bool = True
     label: str = ""
-    alias: bool = False
-    output_radius: float | None = None
-    tuple_index: int | None = None
+    kind: str = "map"
+    mixes: tuple[int, ...] = ()
+    keepdim: bool = True
+    channelwise: bool = False
+    radius: Callable[[float | None], float | None] | None = None
+    outputs: dict | None = None
+    coefficients: tuple = ()
+    factor: Any = None
+    batch_dim: int | None = None
     fold: Callable[[torch.Tensor], NodeSpec] | None = None
     fold_input: Callable[[torch.Tensor], NodeSpec] | None = None
     channel_scale: torch.Tensor | None = None
     feature_scale: torch.Tensor | None = None
     without_scale: Callable[[], NodeSpec] | None = None
     matrix: torch.Tensor | None = None
-    pending: tuple | None = None
-    liveness: str = "all"
     dense: Callable[[], torch.Tensor] | None = None
     dense_entries: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"NodeSpec: expected kind in {KINDS}, got {self.kind!r}.")
+
+    def replace(self, **changes) -> NodeSpec:
+        return NodeSpec(**{**self.__dict__, **changes})
 
 
 @dataclass(frozen=True)
 class Value:
     """An argument of a traced operation as a rule sees it.
 
-    ``value`` is the actual object (a tensor for tensors); ``traced`` says whether it
-    depends on the network input (else it is a constant: a parameter, a buffer, a number);
-    ``radius`` is the token-norm bound of a traced value when one is known; ``live`` is a
-    boolean mask (shape of one row, broadcastable) of the entries that may depend on the
-    input (None: all may). Entries outside it are constant functions of the input, so a
-    Jacobian-norm bound at a point needs only the live part (e.g. the class token of a
-    ViT before the first attention).
+    ``value`` is the actual object; ``traced`` says whether it depends on the network input
+    differentiably (else it is a constant: a parameter, a buffer, a number, a shape);
+    ``dependent`` marks a value computed from the input without a derivative (a
+    comparison, an index, a Python number from ``.item()``): rules never accept one;
+    ``radius`` bounds the norm of every token (last-dimension vector) of a traced value
+    for every input, when known; ``rows`` is its provenance (:mod:`numeric.graph.rows`).
     """
 
     value: Any
     traced: bool
     name: str = ""
     radius: float | None = None
-    live: torch.Tensor | None = None
+    rows: torch.Tensor | None = None
+    dependent: bool = False
 
 
 @dataclass
 class RuleContext:
-    """Everything a rule may use about one traced operation.
+    """Everything a rule may use about one operation.
 
     Attributes
     ----------
     node : torch.fx.Node
     target : object
-        The module instance (``call_module``), function (``call_function``) or method name
-        (``call_method``).
+        The ATen operator overload, or the module instance of a leaf call.
     module : nn.Module or None
-    args, kwargs
-        The operation's arguments with every fx node replaced by a :class:`Value`.
+        The module of a leaf call.
+    arguments : dict
+        Schema argument name -> :class:`Value` or Python value (defaults filled in); for a
+        leaf call, ``{"tensors": [...]}`` plus :attr:`call`.
     output : object
-        The actual output on the example batch.
+        The actual output on the batch being run.
     options : GraphOptions
+    where : str
+        Readable location for messages (operator, module path, source line).
     spec : NodeSpec or None
         In a local rule: the node's global spec.
     stash : dict
-        Where a local rule may leave per-row data for later refinements (activations leave
-        ``"derivative"``, Tensor of shape (B, ...)).
+        Where a local rule may leave per-entry data for later refinements (activations
+        leave ``"derivative"``, a Tensor of the input's shape).
     keep : bool
         True when the tracer wants the stash filled.
+    call : object
+        The :class:`~numeric.graph.export.LeafCall` of a leaf call.
     """
 
     node: fx.Node
     target: Any
     module: nn.Module | None
-    args: tuple
-    kwargs: dict
+    arguments: dict
     output: Any
     options: GraphOptions
+    where: str = ""
     spec: NodeSpec | None = None
     stash: dict = field(default_factory=dict)
     keep: bool = False
-
-    # ---------------------------------------------------------------- argument helpers
+    call: Any = None
 
     def values(self) -> Iterator[Value]:
         """Every :class:`Value` among the arguments, nested lists included, in order."""
@@ -215,11 +244,8 @@ class RuleContext:
             elif isinstance(item, (list, tuple)):
                 for entry in item:
                     yield from walk(entry)
-            elif isinstance(item, dict):
-                for entry in item.values():
-                    yield from walk(entry)
-        yield from walk(self.args)
-        yield from walk(self.kwargs)
+        for item in self.arguments.values():
+            yield from walk(item)
 
     def traced(self) -> list[Value]:
         """The input-dependent arguments, in order."""
@@ -230,43 +256,67 @@ class RuleContext:
         """The (first) input-dependent tensor."""
         return self.traced()[0].value
 
-    def arg(self, index: int, name: str, default=None):
-        """Positional-or-keyword argument ``index``/``name`` with Values unwrapped."""
-        if len(self.args) > index:
-            item = self.args[index]
-        else:
-            item = self.kwargs.get(name, default)
+    def arg(self, name: str):
+        """The argument ``name`` (Values unwrapped, the schema default when not given)."""
+        item = self.arguments[name]
+        if isinstance(item, (list, tuple)):
+            return type(item)(entry.value if isinstance(entry, Value) else entry
+                              for entry in item)
         return item.value if isinstance(item, Value) else item
 
-    def replay(self, substitute: torch.Tensor):
-        """Run the operation again with the (single) traced argument replaced."""
-        def swap(item):
-            if isinstance(item, Value):
-                return substitute if item.traced else item.value
-            if isinstance(item, (list, tuple)):
-                return type(item)(swap(entry) for entry in item)
-            if isinstance(item, dict):
-                return {key: swap(entry) for key, entry in item.items()}
-            return item
-        args = swap(self.args)
-        kwargs = swap(self.kwargs)
-        if self.node.op == "call_module":
-            return self.module(*args, **kwargs)
-        if self.node.op == "call_method":
-            return getattr(args[0], self.target)(*args[1:], **kwargs)
-        return self.target(*args, **kwargs)
+    def constant(self, name: str):
+        """The argument ``name``, refused if it depends on the input."""
+        item = self.arguments[name]
+        if isinstance(item, Value) and (item.traced or item.dependent):
+            raise unsupported(self, f"its argument {name!r} depends on the input")
+        return self.arg(name)
 
-    @property
-    def where(self) -> str:
-        """``'layer1.0.conv1' (Conv2d)`` or ``'add_3' (operator.add)`` for messages."""
-        return f"{self.node.target if self.module is not None else self.node.name!r} " \
-               f"({describe_target(self.target)})"
+    def replay(context, /, **substitutes):
+        """Run the operation again with arguments replaced (by schema name)."""
+        def unwrap(item):
+            if isinstance(item, Value):
+                return item.value
+            if isinstance(item, (list, tuple)):
+                return type(item)(unwrap(entry) for entry in item)
+            return item
+        values = {name: unwrap(item) for name, item in context.arguments.items()}
+        values.update(substitutes)
+        return call_operator(context.target, values)
+
+
+def bind_arguments(op, args: tuple, kwargs: dict) -> dict:
+    """``op``'s arguments by schema name, the schema's defaults filled in."""
+    schema = op._schema
+    bound = {}
+    positional = list(args)
+    for i, argument in enumerate(schema.arguments):
+        if i < len(positional) and not argument.kwarg_only:
+            bound[argument.name] = positional[i]
+        elif argument.name in kwargs:
+            bound[argument.name] = kwargs[argument.name]
+        elif argument.has_default_value():
+            bound[argument.name] = argument.default_value
+        else:
+            bound[argument.name] = None
+    return bound
+
+
+def call_operator(op, values: dict):
+    """Call ``op`` with arguments given by schema name."""
+    args, kwargs = [], {}
+    for argument in op._schema.arguments:
+        if argument.kwarg_only:
+            kwargs[argument.name] = values[argument.name]
+        else:
+            args.append(values[argument.name])
+    return op(*args, **kwargs)
 
 
 @dataclass(frozen=True)
 class Rule:
     """A registered rule: ``bound(ctx) -> NodeSpec`` and, optionally,
-    ``local(ctx) -> Tensor of shape (B,)`` (Jacobian-norm bounds at each row)."""
+    ``local(ctx) -> Tensor`` (Jacobian-norm bounds at each row, as a tensor that
+    :func:`numeric.graph.rows.per_row` reduces, or already of shape (B,))."""
 
     bound: Callable[[RuleContext], NodeSpec]
     local: Callable[[RuleContext], torch.Tensor] | None = None
@@ -276,51 +326,59 @@ _RULES: dict[Any, Rule] = {}
 
 
 def describe_target(target) -> str:
-    """A readable name of a module, function or method target."""
-    if isinstance(target, str):
-        return f"Tensor.{target}"
+    """A readable name of an operator or module."""
     if isinstance(target, nn.Module):
         return type(target).__name__
     if isinstance(target, type):
         return target.__name__
-    module = getattr(target, "__module__", None) or ""
+    if isinstance(target, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
+        return str(target)
     name = getattr(target, "__qualname__", None) or getattr(target, "__name__", repr(target))
+    module = getattr(target, "__module__", None) or ""
     if module in ("_operator", "operator"):
         return f"operator.{name}"
-    if module.startswith("torch"):
-        return f"{module.replace('torch.nn.functional', 'F')}.{name}"
     return f"{module}.{name}" if module else name
 
 
+def _key(target):
+    if isinstance(target, type) and issubclass(target, nn.Module):
+        return target
+    if isinstance(target, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)):
+        return target
+    raise InputError(f"register_rule: expected an nn.Module subclass or an ATen operator "
+                     f"(torch.ops.aten.NAME or torch.ops.aten.NAME.OVERLOAD), got "
+                     f"{target!r}.")
+
+
 def register_rule(target, rule, *, local=None, overwrite: bool = False) -> None:
-    """Register the Lipschitz rule of a module type, a function or a Tensor method.
+    """Register the Lipschitz rule of an ATen operator or a module class.
 
     Parameters
     ----------
-    target : type, callable or str
-        An ``nn.Module`` subclass (its instances become leaves of the trace and every
-        subclass without a rule of its own uses this one), a function as it appears in
-        ``call_function`` nodes (``torch.cat``, ``operator.add``), or the name of a
-        ``torch.Tensor`` method (``"view"``).
+    target : nn.Module subclass or ATen operator
+        A module class: its instances of exactly this class are kept whole while tracing
+        (hooks still run around them) and the rule bounds the whole call. An operator
+        overload (``torch.ops.aten.relu.default``) or packet (``torch.ops.aten.relu``,
+        every overload): models are traced to ATen operators (``torch.export``), so this
+        is the form every function and method takes.
     rule : callable or Rule
         ``rule(ctx) -> NodeSpec`` with ``ctx`` a :class:`RuleContext`: return the op name
         of the graph vocabulary and a **certified** constant, e.g.
-        ``NodeSpec("function", lipschitz=2.0, label="my block: ||J|| <= 2")``, or
-        ``NodeSpec("identity", alias=True)`` for an identity map. Use
+        ``NodeSpec("function", lipschitz=2.0, label="my block: ||J|| <= 2")``; a module
+        rule also gives ``kind="leaf"`` and the ``batch_dim`` of its input. Use
         ``certified=False`` for an estimate.
     local : callable, optional
         ``local(ctx) -> Tensor of shape (B,)``: a bound on the operation's Jacobian norm at
-        each row of the batch (``ctx.input``, ``ctx.output`` are the actual tensors).
-        Without it the global constant is used at every row.
+        each row of the batch. Without it the global constant is used at every row.
     overwrite : bool, default False
-        Replace an existing rule. Without it a second registration raises, so that a
-        rule is never replaced silently.
+        Replace an existing rule. Without it a second registration raises, so that a rule
+        is never replaced silently.
 
     Raises
     ------
     InputError
-        If ``target`` already has a rule and ``overwrite`` is False, or ``rule`` is not
-        callable.
+        If ``target`` already has a rule and ``overwrite`` is False, ``target`` is neither
+        a module class nor an operator, or ``rule`` is not callable.
 
     Examples
     --------
@@ -329,54 +387,50 @@ def register_rule(target, rule, *, local=None, overwrite: bool = False) -> None:
     >>> class Doubler(torch.nn.Module):
     ...     def forward(self, x):
     ...         return 2 * x
-    >>> register_rule(Doubler, lambda ctx: NodeSpec("scale", lipschitz=2.0))
-    >>> register_rule(Doubler, lambda ctx: NodeSpec("scale", lipschitz=2.0))
+    >>> rule = lambda ctx: NodeSpec("scale", lipschitz=2.0, kind="leaf", batch_dim=0)
+    >>> register_rule(Doubler, rule)
+    >>> register_rule(Doubler, rule)
     Traceback (most recent call last):
     ...
     numeric.errors.InputError: register_rule: Doubler already has a rule; pass overwrite=True to replace it.
-    >>> register_rule(Doubler, lambda ctx: NodeSpec("scale", lipschitz=2.0), overwrite=True)
+    >>> register_rule(Doubler, rule, overwrite=True)
     """
+    key = _key(target)
     if not isinstance(rule, Rule):
         if not callable(rule):
             raise InputError(f"register_rule: expected a callable rule, got {rule!r}.")
         rule = Rule(rule, local)
     elif local is not None:
         rule = Rule(rule.bound, local)
-    if target in _RULES and not overwrite:
+    if key in _RULES and not overwrite:
         raise InputError(f"register_rule: {describe_target(target)} already has a rule; "
                          f"pass overwrite=True to replace it.")
-    _RULES[target] = rule
+    _RULES[key] = rule
 
 
 def lookup_rule(target) -> Rule | None:
-    """The rule of a module instance (along its type's MRO), function or method name."""
+    """The rule of an operator (overload first, then its packet) or of a module instance
+    (its exact class)."""
     if isinstance(target, nn.Module):
-        for cls in type(target).__mro__:
-            if cls in _RULES:
-                return _RULES[cls]
-            if cls is nn.Module:
-                break
-        return None
+        return _RULES.get(type(target))
+    if isinstance(target, torch._ops.OpOverload):
+        return _RULES.get(target) or _RULES.get(target.overloadpacket)
     try:
         return _RULES.get(target)
-    except TypeError:  # unhashable target
+    except TypeError:
         return None
 
 
 def registered_module_types() -> tuple[type, ...]:
-    """Module classes with a rule (their instances are leaves of the trace)."""
+    """Module classes with a rule (their exact instances are kept whole)."""
     return tuple(key for key in _RULES if isinstance(key, type))
 
 
 def unsupported(ctx_or_target, reason: str = "") -> UnsupportedModuleError:
-    """The error for an operation without a usable rule, saying how to register one."""
-    target = getattr(ctx_or_target, "target", ctx_or_target)
-    name = describe_target(target)
-    where = ctx_or_target.where if isinstance(ctx_or_target, RuleContext) else name
-    key = type(target).__name__ if isinstance(target, nn.Module) else (
-        repr(target) if isinstance(target, str) else name)
-    detail = f": {reason}" if reason else ": no Lipschitz rule is registered for it"
-    return UnsupportedModuleError(
-        f"module_graph: cannot bound {where}{detail}. If you can prove a bound on its "
-        f"Jacobian norm, register one with numeric.register_rule({key}, rule) - see "
-        f"help(numeric.register_rule).")
+    """The refusal of an operation, in one line: what it is, where, and why."""
+    if isinstance(ctx_or_target, RuleContext):
+        where = ctx_or_target.where or describe_target(ctx_or_target.target)
+    else:
+        where = describe_target(ctx_or_target)
+    detail = reason or "no Lipschitz rule is registered for it (see help(numeric.register_rule))"
+    return UnsupportedModuleError(f"module_graph: cannot bound {where}: {detail}.")

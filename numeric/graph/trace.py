@@ -1,158 +1,112 @@
-"""torch.fx tracing of a model into the architecture-graph schema of ``docs/internals.md``.
+"""Run the exported ATen graph and build the architecture graph with certified constants.
 
-:func:`trace_model` traces the model symbolically (modules with a registered rule are
-leaves), then runs the traced graph on an example input with an interpreter that, node by
-node, sorts every value into
+:func:`build_graph` runs the functional ATen graph of :func:`~numeric.graph.export.
+export_model` on two copies of the example row and sorts every value into
 
-- *traced*: a tensor that depends on the network input: it gets a graph node from its rule;
-- *constant*: a tensor that does not (parameters, buffers, a class token expanded to the
-  batch): it becomes a ``constant`` node (L = 0) where an ``add`` or ``concat`` uses it,
-  and a factor where a ``scale`` or ``linear`` uses it;
-- *meta*: anything else (shapes, sizes, ``torch._assert``), which carries no derivative.
+- *traced*: a floating tensor that depends on the network input differentiably; the rule
+  of the operation that made it (:mod:`numeric.graph.registry`) gives its graph node;
+- *constant*: a value that does not depend on the input (parameters, buffers, a class token
+  expanded to the batch, shapes); it becomes a factor of the rule that uses it;
+- *dependent*: a value computed from the input without a usable derivative (a comparison,
+  an index, max-pool indices, a Python number from ``.item()``): it may flow into other
+  such values but an operation producing a floating tensor from one is refused.
 
-A second run (:meth:`Traced.local_constants`) on a float64 copy evaluates the local rules
-at every row of a batch.
+Next to every traced value it carries its rows (:mod:`numeric.graph.rows`), proving that
+output row ``b`` depends on input row ``b`` alone, and a bound on its token norms where one
+is known (LayerNorm -> attention). :meth:`TracedGraph.local_constants` runs the same graph
+on a float64 batch and evaluates the local rules at every row.
 """
 
 from __future__ import annotations
 
 import copy
-import inspect
 import math
-from collections.abc import Iterable
+import operator
 from dataclasses import dataclass, field
 
 import networkx as nx
 import torch
 from torch import fx, nn
 
-from numeric.errors import InputError, TraceError
-from numeric.graph.norms import linear_operator_norm
-from numeric.graph.registry import (
-    GraphOptions,
-    NodeSpec,
-    RuleContext,
-    Value,
-    describe_target,
-    lookup_rule,
-    registered_module_types,
-    unsupported,
-)
-from numeric.graph.rules import (CHANNELWISE_TARGETS, ELEMENTWISE_TARGETS, FLATTEN_TARGETS,
-                                 movement_spec, multiplicity)
+from numeric.errors import InputError, UnsupportedModuleError
+from numeric.graph.export import LEAF_OP, Exported, first_line
+from numeric.graph.registry import (GraphOptions, NodeSpec, RuleContext, Value,
+                                    bind_arguments, describe_target, lookup_rule,
+                                    unsupported)
+from numeric.graph.rows import (MixedRowsError, Rows, broadcast_rows, check_output_rows,
+                                combine_rows, map_rows, replay_movement)
 
-__all__ = ["trace_model", "Traced", "last_linear", "UNIT_OPS", "ACTIVATION_OPS"]
+__all__ = ["TracedGraph", "build_graph", "evaluate_constants", "UNIT_OPS", "ACTIVATION_OPS"]
 
-#: Ops that move coordinates without changing their order in memory (D vectors stay valid).
-UNIT_OPS = ("identity", "dropout", "flatten", "reshape")
+#: Graph ops that move coordinates without changing them (norm 1 when ``copies`` is 1).
+UNIT_OPS = ("identity", "dropout", "flatten", "reshape", "permute", "select")
 #: Elementwise ops whose local rule stashes the derivative.
 ACTIVATION_OPS = ("relu", "leaky_relu", "elu", "tanh", "sigmoid", "softplus", "gelu",
                   "gelu_tanh", "silu", "hardswish", "mish", "relu6", "hardtanh")
 
-#: Functions whose result has the shape of an input-dependent tensor but not its values.
-_CONSTANT_LIKE = {torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like,
-                  torch.rand_like, torch.randn_like, "new_zeros", "new_ones", "new_empty",
-                  "new_full", "new_tensor", "zero_"}
-
-
-# =========================================================================== tracing
-
-
-class _Tracer(fx.Tracer):
-    """fx tracer whose leaves include every module class with a registered rule and that
-    remembers which module it was inside when tracing failed."""
-
-    def __init__(self, leaves: tuple[type, ...]) -> None:
-        super().__init__()
-        self.leaves = leaves
-        self.path: list[tuple[str, str]] = []
-        self.failed_at: tuple[str, str] | None = None
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, self.leaves) or super().is_leaf_module(m, qualname)
-
-    def call_module(self, m, forward, args, kwargs):
-        self.path.append((self.path_of_module(m), type(m).__name__))
-        try:
-            return super().call_module(m, forward, args, kwargs)
-        except Exception:
-            if self.failed_at is None:
-                self.failed_at = self.path[-1]
-            raise
-        finally:
-            self.path.pop()
-
-
-def _symbolic_trace(model: nn.Module) -> fx.GraphModule:
-    leaves = registered_module_types()
-    tracer = _Tracer(leaves)
-    signature = inspect.signature(model.forward)
-    params = list(signature.parameters.values())
-    concrete = {p.name: p.default for p in params[1:]
-                if p.default is not inspect.Parameter.empty}
-    required = [p.name for p in params[1:] if p.default is inspect.Parameter.empty
-                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    if required:
-        raise InputError(f"module_graph: expected a model with one input, got forward "
-                         f"arguments {[params[0].name, *required]}.")
-    try:
-        graph = tracer.trace(model, concrete_args=concrete or None)
-    except Exception as err:
-        path, kind = tracer.failed_at or ("", type(model).__name__)
-        where = f"{path!r} ({kind})" if path else f"the model's own forward ({kind})"
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise TraceError(
-            f"module_graph: torch.fx could not trace {where}: {first}. Make its forward "
-            f"traceable, or treat it as one leaf by registering a rule: "
-            f"numeric.register_rule({kind}, rule) - see help(numeric.register_rule).") from err
-    return fx.GraphModule(model, graph, class_name=type(model).__name__)
-
-
-# =========================================================================== state
+#: Operators whose result has the shape of their input but not its values.
+_CONSTANT_LIKE = {torch.ops.aten.zeros_like, torch.ops.aten.ones_like,
+                  torch.ops.aten.empty_like, torch.ops.aten.full_like,
+                  torch.ops.aten.new_zeros, torch.ops.aten.new_ones,
+                  torch.ops.aten.new_empty, torch.ops.aten.new_full,
+                  torch.ops.aten.empty_strided, torch.ops.aten.scalar_tensor}
+#: Operators that read only the shape of their input.
+_SHAPE_OPS = {torch.ops.aten.sym_size.int, torch.ops.aten.sym_numel.default,
+              torch.ops.aten.sym_stride.int, torch.ops.aten.sym_storage_offset.default,
+              torch.ops.aten.sym_size, torch.ops.aten.sym_numel,
+              torch.ops.aten.sym_stride}
 
 
 @dataclass
 class _Info:
-    """What the interpreter knows about one fx node's value."""
+    """What the tracer knows about one value."""
 
-    kind: str                      # traced | constant | meta | tuple | pending
-    key: str | None = None         # graph node standing for the value (traced, tuple)
+    kind: str                       # traced | constant | dependent | tuple | pending | forbidden
+    key: str | None = None          # graph node standing for the value (traced)
+    rows: Rows | None = None
     radius: float | None = None
-    tuple_index: int | None = None
-    pending: tuple | None = None   # encoded tuple of a data-movement op (pending)
-    live: torch.Tensor | None = None  # entries that may depend on the input (None: all)
+    outputs: dict | None = None     # tuple: entry -> "traced" | "meta"
+    entry_rows: dict | None = None  # tuple: entry -> Rows of the traced entry
+    reason: str = ""                # forbidden: why using it is refused
+    pending: object = None          # a movement returning a tuple: (ctx, operands)
 
 
 @dataclass
-class Traced:
-    """A traced model: the architecture graph and what is needed to evaluate local rules.
+class TracedGraph:
+    """The architecture graph of a model and what is needed to evaluate local rules.
 
     Attributes
     ----------
     G : networkx.DiGraph
-        The architecture graph with certified global constants.
-    module : torch.fx.GraphModule
+        The graph with certified global constants.
+    exported : Exported
+    options : GraphOptions
     specs : dict
         Graph key -> :class:`NodeSpec` of the rule that made the node.
     local_nodes : dict
-        fx node name -> graph key, for nodes whose rule has a local form.
+        ATen node name -> graph key, for nodes whose rule has a local form.
     input_ndim : dict
-        Graph key -> number of dimensions of the op's input (batch included).
+        Graph key -> number of dimensions of the op's (first) input.
+    standard_input : set
+        Graph keys whose input is in the standard row layout (dimension 0 the batch).
+    merged : set
+        Nodes merged into a neighbour by a pass (their constant is 1).
     """
 
     G: nx.DiGraph
-    module: fx.GraphModule
+    exported: Exported
     options: GraphOptions
     specs: dict = field(default_factory=dict)
     local_nodes: dict = field(default_factory=dict)
     input_ndim: dict = field(default_factory=dict)
-    info: dict = field(default_factory=dict)
+    standard_input: set = field(default_factory=set)
     merged: set = field(default_factory=set)
     lazy: set = field(default_factory=set)
+    kinds: dict = field(default_factory=dict)
+    _float64: dict = field(default_factory=dict)
 
-    def local_constants(self, x: torch.Tensor, keep: Iterable[str] = ()
-                        ) -> tuple[dict, dict, torch.Tensor]:
-        """Local constants at every row of ``x`` (float64 copy of the model).
+    def local_constants(self, x: torch.Tensor, keep=()) -> tuple[dict, dict, torch.Tensor]:
+        """Local constants at every row of ``x``, computed in float64.
 
         Returns
         -------
@@ -162,69 +116,271 @@ class Traced:
             Graph key -> stash of the local rule, for the keys in ``keep``.
         logits : Tensor of shape (B, K), float64
         """
-        module = self.module
-        if any(t.is_floating_point() and t.dtype != torch.float64
-               for t in (*module.parameters(), *module.buffers())):
-            module = copy.deepcopy(module).to(torch.float64)
-        device = next((t.device for t in module.parameters()), x.device)
-        runner = _Runner(module, self, local=True, keep=set(keep))
+        runner = _Runner(self, local=True, keep=set(keep))
         with torch.no_grad():
-            logits = runner.run(x.to(device, torch.float64))
+            logits = runner.run(x.detach().to(torch.float64))
         return runner.constants, runner.stashes, logits
 
+    def inputs_as(self, dtype: torch.dtype, device) -> dict:
+        """The lifted parameters, buffers and constants, floating ones cast to ``dtype``."""
+        cache_key = (dtype, str(device))
+        if cache_key not in self._float64:
+            def cast(value):
+                if isinstance(value, torch.Tensor):
+                    value = value.detach().to(device)
+                    return value.to(dtype) if value.is_floating_point() else value
+                return value
+            self._float64[cache_key] = {name: cast(value)
+                                        for name, value in self.exported.inputs.items()}
+        return self._float64[cache_key]
 
-# =========================================================================== interpreter
+    def leaf_module(self, call, dtype: torch.dtype) -> nn.Module:
+        """The module of a leaf call, as a copy in ``dtype`` when it is not already."""
+        module = call.module
+        if all(p.dtype == dtype for p in (*module.parameters(), *module.buffers())
+               if p.is_floating_point()):
+            return module
+        key = (id(module), dtype)
+        if key not in self._float64:
+            self._float64[key] = copy.deepcopy(module).to(dtype)
+        return self._float64[key]
+
+
+# =========================================================================== the runner
+
+
+def _is_float_tensor(value) -> bool:
+    return isinstance(value, torch.Tensor) and value.is_floating_point()
 
 
 def _is_tensor_like(value) -> bool:
     if isinstance(value, torch.Tensor):
         return True
-    if isinstance(value, (tuple, list)) and value:
-        return all(isinstance(v, torch.Tensor) or v is None for v in value) and any(
-            isinstance(v, torch.Tensor) for v in value)
-    return False
+    return isinstance(value, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in value)
 
 
-class _Runner(fx.Interpreter):
-    """Runs the traced model once, building the graph (global) or local constants."""
+class _Runner:
+    """Runs the ATen graph once, building the graph (global) or local constants."""
 
-    def __init__(self, module: fx.GraphModule, traced: Traced, *, local: bool,
-                 keep: set | None = None) -> None:
-        super().__init__(module)
+    def __init__(self, traced: TracedGraph, *, local: bool, keep: set | None = None) -> None:
         self.traced = traced
         self.local = local
         self.keep = keep or set()
         self.constants: dict = {}
         self.stashes: dict = {}
-        self.input_scales: dict = {}
-        self.snapshot: dict = {}
-        self.inputs_seen = 0
-
-    # ------------------------------------------------------------------ helpers
+        self.env: dict = {}
+        self.info: dict = {}
+        self.batch = 0
 
     @property
     def G(self) -> nx.DiGraph:
         return self.traced.G
 
-    def _value(self, node: fx.Node) -> Value:
-        info = self.traced.info[node.name]
-        value = self.snapshot.get(node, self.env[node])
-        return Value(value, info.kind in ("traced", "tuple", "pending"), node.name,
-                     info.radius, info.live)
+    # ------------------------------------------------------------------ main loop
 
-    def _context(self, n: fx.Node, result) -> RuleContext:
+    def run(self, x: torch.Tensor):
+        exported = self.traced.exported
+        graph = exported.module.graph
+        dtype = torch.float64 if self.local else x.dtype
+        inputs = self.traced.inputs_as(dtype, x.device)
+        self.batch = x.shape[0]
+        nodes = list(graph.nodes)
+        last_use = {}
+        for index, node in enumerate(nodes):
+            for used in node.all_input_nodes:
+                last_use[used] = index
+        result = None
+        for index, node in enumerate(nodes):
+            if node.op == "placeholder":
+                value = x if node.name == exported.input_name else inputs[node.name]
+                self.env[node] = value
+                self.info[node] = self._placeholder(node, value)
+            elif node.op == "get_attr":
+                value = getattr(exported.module, node.target)
+                self.env[node] = value
+                self.info[node] = _Info("constant")
+            elif node.op == "call_function":
+                value = self._evaluate(node, dtype)
+                self.env[node] = value
+                self.info[node] = self._classify(node, value)
+            elif node.op == "output":
+                result = self._output(node)
+            for used in node.all_input_nodes:
+                if last_use.get(used) == index:
+                    self.env.pop(used, None)
+                    self.info.pop(used, None)
+        return result
+
+    def _placeholder(self, node: fx.Node, value) -> _Info:
+        if node.name != self.traced.exported.input_name:
+            return _Info("constant")
+        if not self.local:
+            self.G.add_node(node.name, op="input", label="the network input",
+                            params={"shape": list(value.shape[1:])})
+        return _Info("traced", key=node.name, rows=Rows.standard(value.shape))
+
+    def _evaluate(self, node: fx.Node, dtype: torch.dtype):
+        args = fx.node.map_arg(node.args, lambda n: self.env[n])
+        kwargs = fx.node.map_arg(node.kwargs, lambda n: self.env[n])
+        try:
+            if node.target is LEAF_OP:
+                call = self.traced.exported.calls[args[1]]
+                module = self.traced.leaf_module(call, dtype) if self.local else call.module
+                return call.run(list(args[0]), module)
+            return node.target(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - the model's own code failed on this input
+            raise InputError(f"module_graph: the model failed at {self._where(node)} "
+                             f"({type(err).__name__}: {first_line(err)}); check the input "
+                             f"shape.") from err
+
+    def _where(self, node: fx.Node) -> str:
+        target = node.target
+        if target is LEAF_OP:
+            call = self.traced.exported.calls.get(node.args[1])
+            name = type(call.module).__name__ if call is not None else "leaf"
+            target_name = f"{name} kept whole"
+        else:
+            target_name = describe_target(target)
+        source = self.traced.exported.source(node)
+        return f"{target_name} (node {node.name!r}{', ' + source if source else ''})"
+
+    # ------------------------------------------------------------------ classification
+
+    def _classify(self, node: fx.Node, result) -> _Info:
+        infos = [self.info[m] for m in node.all_input_nodes]
+        if node.target is operator.getitem and infos and infos[0].kind in ("tuple",
+                                                                          "pending"):
+            return self._tuple_item(node, result)
+        for info in infos:
+            if info.kind == "forbidden":
+                raise UnsupportedModuleError(f"module_graph: cannot bound "
+                                             f"{self._where(node)}: {info.reason}.")
+        traced = any(info.kind in ("traced", "tuple", "pending") for info in infos)
+        dependent = any(info.kind == "dependent" for info in infos)
+        target = node.target
+        if target in _SHAPE_OPS or (not traced and not dependent):
+            return _Info("constant")
+        packet = getattr(target, "overloadpacket", None)
+        if isinstance(target, torch._ops.OpOverload) and \
+                torch.Tag.nondeterministic_seeded in target.tags:
+            raise UnsupportedModuleError(
+                f"module_graph: cannot bound {self._where(node)}: it draws random numbers "
+                f"(dropout in training mode, or noise), so the model is not one function "
+                f"of its input and its Fisher information is undefined; call model.eval() "
+                f"or remove it.")
+        if target in _CONSTANT_LIKE or packet in _CONSTANT_LIKE:
+            return _Info("constant")
+        if not _is_tensor_like(result) or (isinstance(result, torch.Tensor)
+                                           and not result.is_floating_point()):
+            return _Info("dependent")
+        if dependent:
+            culprit = next(m for m in node.all_input_nodes if self.info[m].kind == "dependent")
+            raise UnsupportedModuleError(
+                f"module_graph: cannot bound {self._where(node)}: it uses {culprit.name!r}, "
+                f"which is computed from the input but has no derivative (a comparison, an "
+                f"index, max-pool indices, or a Python number from .item()/float()); the "
+                f"result would jump as the input moves, so no Lipschitz bound exists.")
+        if not self.local and node.target is operator.getitem:
+            raise unsupported(self._context(node, result), "indexing a list of tensors")
+        return self._apply_rule(node, result)
+
+    def _tuple_item(self, node: fx.Node, result) -> _Info:
+        source = self.info[node.args[0]]
+        index = node.args[1]
+        if source.kind == "pending":
+            return self._movement(node, result, *source.pending, index=index)
+        entry = (source.outputs or {}).get(index)
+        if entry == "traced":
+            return _Info("traced", key=source.key, rows=source.entry_rows[index],
+                         radius=source.radius)
+        if entry == "meta":
+            return _Info("dependent")
+        return _Info("forbidden", reason=f"it uses entry {index} of the output of "
+                                         f"{node.args[0].name!r}, which its rule does not "
+                                         f"cover")
+
+    # ------------------------------------------------------------------ rules
+
+    def _context(self, node: fx.Node, result) -> RuleContext:
         def wrap(item):
-            return self._value(item) if isinstance(item, fx.Node) else item
-        args = fx.node.map_aggregate(n.args, wrap)
-        kwargs = fx.node.map_aggregate(n.kwargs, wrap)
-        module = self.module.get_submodule(n.target) if n.op == "call_module" else None
-        target = module if module is not None else n.target
-        return RuleContext(n, target, module, tuple(args), dict(kwargs), result,
-                           self.traced.options)
+            if isinstance(item, fx.Node):
+                info = self.info[item]
+                traced = info.kind in ("traced", "tuple", "pending")
+                return Value(self.env[item], traced, item.name, info.radius, info.rows,
+                             info.kind == "dependent")
+            if isinstance(item, (list, tuple)):
+                return type(item)(wrap(entry) for entry in item)
+            return item
+        target, module, call = node.target, None, None
+        if target is LEAF_OP:
+            call = self.traced.exported.calls[node.args[1]]
+            module, target = call.module, call.module
+            arguments = {"tensors": wrap(list(node.args[0]))}
+        else:
+            arguments = {name: wrap(item) for name, item in
+                         bind_arguments(node.target, node.args, node.kwargs).items()}
+        ctx = RuleContext(node, target, module, arguments, result, self.traced.options,
+                          where=self._where(node), call=call)
+        ctx.batch = self.batch
+        return ctx
 
-    def _add_node(self, key: str, spec: NodeSpec, preds: list[str], where: str) -> None:
+    def _apply_rule(self, node: fx.Node, result) -> _Info:
+        ctx = self._context(node, result)
+        rule = lookup_rule(ctx.target)
+        if rule is None:
+            raise unsupported(ctx)
+        if self.local:
+            spec = self.traced.specs.get(self.traced.local_nodes.get(node.name)) or \
+                self.traced.kinds.get(node.name)
+            if spec is None:
+                spec = rule.bound(ctx)
+        else:
+            spec = rule.bound(ctx)
+            self.traced.kinds[node.name] = spec
+        try:
+            return self._dispatch(node, ctx, spec, rule, result)
+        except MixedRowsError as err:
+            raise UnsupportedModuleError(
+                f"module_graph: cannot bound {ctx.where}: {err}; the per-sample Fisher "
+                f"information is undefined for a model that mixes the rows of a batch "
+                f"(BatchNorm or dropout in training mode, a reduction over dimension 0).") \
+                from err
+
+    def _dispatch(self, node, ctx, spec: NodeSpec, rule, result) -> _Info:
+        kind = spec.kind
+        if kind == "alias":
+            source = self.info[_node(node, ctx.traced()[0].name)]
+            rows = broadcast_rows(source.rows, result.shape)
+            return _Info("traced", key=source.key, rows=rows, radius=source.radius)
+        if kind == "movement":
+            operands = self._operands(ctx)
+            if isinstance(result, (list, tuple)):
+                return _Info("pending", pending=(ctx, operands, spec))
+            return self._movement(node, result, ctx, operands, spec)
+        if kind == "sum":
+            return self._sum(node, ctx, spec, result)
+        if kind == "scale":
+            return self._scale(node, ctx, spec, result)
+        if kind == "choose":
+            return self._choose(node, ctx, spec, result)
+        return self._map(node, ctx, spec, rule, result)
+
+    def _operands(self, ctx: RuleContext) -> dict:
+        """Distinct input-dependent operands: fx name -> (value, rows)."""
+        operands = {}
+        for value in ctx.traced():
+            operands.setdefault(value.name, (value.value, value.rows))
+        return operands
+
+    # ------------------------------------------------------------------ node building
+
+    def _add_node(self, key: str, spec: NodeSpec, preds: list[str], node: fx.Node) -> None:
+        if self.local:
+            return
         attrs = {"op": spec.op, "params": _json(spec.params), "certified": spec.certified,
-                 "label": spec.label, "module": where}
+                 "label": spec.label, "module": self.traced.exported.module_path(node),
+                 "aten": describe_target(node.target) if node.target is not LEAF_OP
+                 else "leaf"}
         if callable(spec.lipschitz):
             self.traced.lazy.add(key)
         elif spec.lipschitz is not None:
@@ -234,360 +390,288 @@ class _Runner(fx.Interpreter):
             self.G.add_edge(pred, key)
         self.traced.specs[key] = spec
 
-    # ------------------------------------------------------------------ main
+    def _unit(self, key: str, pred: str, constant: float, node: fx.Node, what: str) -> str:
+        """A helper node ``key`` with constant ``constant`` after ``pred``."""
+        if not self.local:
+            spec = NodeSpec("function" if constant != 1 else "identity", lipschitz=constant,
+                            params={"call": what}, label=what)
+            self._add_node(key, spec, [pred], node)
+        return key
 
-    def run_node(self, n: fx.Node):
-        if self.local and n.name in self.traced.local_nodes:
-            # an in-place op (ReLU(inplace=True)) overwrites its input: keep the input
-            # values the local rule must see
-            self.snapshot = {m: self.env[m].clone() for m in n.all_input_nodes
-                             if isinstance(self.env[m], torch.Tensor)}
-        try:
-            result = super().run_node(n)
-        except Exception as err:   # the model's own code failed on this input
-            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            raise InputError(f"module_graph: the model failed at {n.name!r} "
-                             f"({type(err).__name__}: {first}); check the input shape.") \
-                from err
-        if self.local:
-            self._run_local(n, result)
-        else:
-            self.traced.info[n.name] = self._classify(n, result)
-        return result
+    def _broadcast(self, node: fx.Node, value: Value, shape, index: int) -> tuple[str, Rows]:
+        """Key and rows of an operand broadcast to ``shape`` (a node sqrt(copies) when the
+        broadcast copies its entries)."""
+        info = self.info[_node(node, value.name)]
+        rows = broadcast_rows(info.rows, shape)
+        copies = math.prod(shape) // max(value.value.numel(), 1)
+        if copies <= 1:
+            return info.key, rows
+        key = f"{node.name}_broadcast{index}"
+        self._unit(key, info.key, _certified_sqrt(copies), node,
+                   f"broadcast copying each entry {copies} times: sqrt({copies})")
+        return key, rows
 
-    def _run_local(self, n: fx.Node, result) -> None:
-        key = self.traced.local_nodes.get(n.name)
-        if key is None:
-            return
-        ctx = self._context(n, result)
+    def _map(self, node, ctx, spec: NodeSpec, rule, result) -> _Info:
+        traced = ctx.traced()
+        names = {value.name for value in traced}
+        if len(names) != 1:
+            raise unsupported(ctx, "it takes several input-dependent tensors and its rule "
+                                   "covers one")
+        value = traced[0]
+        tensor = result
+        if spec.outputs is not None:
+            index = next(i for i, kind in spec.outputs.items() if kind == "traced")
+            tensor = result[index]
+        pred, rows = self.info[_node(node, value.name)].key, value.rows
+        if not spec.mixes and spec.kind != "leaf" and \
+                tuple(value.value.shape) != tuple(tensor.shape):
+            pred, rows = self._broadcast(node, value, tensor.shape, 0)
+        mixes = spec.mixes if spec.kind != "leaf" else tuple(
+            d for d in range(value.value.dim()) if d != spec.batch_dim)
+        dims = tuple(d % max(value.value.dim(), 1) for d in mixes)
+        out_rows = map_rows(rows, dims, spec.keepdim, tensor.shape) if dims else \
+            broadcast_rows(rows, tensor.shape)
+        radius = spec.radius(value.radius) if spec.radius is not None else None
+        key = node.name
+        self._add_node(key, spec, [pred], node)
+        if not self.local:
+            self.traced.input_ndim[key] = value.value.dim()
+            if rows.is_standard:
+                self.traced.standard_input.add(key)
+            if rule.local is not None:
+                self.traced.local_nodes[node.name] = key
+        elif node.name in self.traced.local_nodes:
+            self._run_local(node, ctx, rule)
+        if spec.outputs is not None:
+            return _Info("tuple", key=key, radius=radius, outputs=spec.outputs,
+                         entry_rows={index: out_rows})
+        return _Info("traced", key=key, rows=out_rows, radius=radius)
+
+    def _run_local(self, node, ctx, rule) -> None:
+        key = self.traced.local_nodes[node.name]
         ctx.spec = self.traced.specs[key]
         ctx.keep = key in self.keep
-        rule = lookup_rule(ctx.target)
-        self.constants[key] = rule.local(ctx).detach().to(torch.float64).cpu()
+        value = rule.local(ctx)
+        self.constants[key] = value.detach().to(torch.float64).cpu()
         if ctx.keep:
             self.stashes[key] = ctx.stash
-        self.snapshot = {}
 
-    def _classify(self, n: fx.Node, result) -> _Info:
-        if n.op == "placeholder":
-            return self._placeholder(n, result)
-        if n.op == "get_attr":
-            return _Info("constant" if _is_tensor_like(result) else "meta")
-        if n.op == "output":
-            self._output(n, result)
-            return _Info("meta")
-        inputs = [m for m in n.all_input_nodes
-                  if self.traced.info[m.name].kind in ("traced", "tuple", "pending")]
-        if not inputs:
-            return _Info("constant" if _is_tensor_like(result) else "meta")
-        if not _is_tensor_like(result):
-            return _Info("meta")
-        if n.target in _CONSTANT_LIKE:
+    def _movement(self, node, result, ctx, operands, spec: NodeSpec, index=None) -> _Info:
+        def run(encoded):
+            out = ctx.replay(**_substitute(ctx, encoded))
+            return out[index] if index is not None else out
+        movement = replay_movement(run, operands, tuple(result.shape))
+        keys = {name: self.info[_node(node, name)].key for name in operands}
+        used = {name: c for name, c in movement.copies.items() if c > 0}
+        radius = self._movement_radius(node, operands, movement, result)
+        if not used:
             return _Info("constant")
-        if n.target is _getitem() and self.traced.info[n.args[0].name].kind in (
-                "tuple", "pending"):
-            return self._tuple_item(n, result)
-        for m in inputs:
-            if self.traced.info[m.name].kind != "traced":
-                raise unsupported(self._context(n, result),
-                                  f"it uses the tuple returned by {m.name!r} as a whole")
-        return self._apply_rule(n, result)
+        name = f"{node.name}" if index is None else f"{node.name}_{index}"
+        if len(used) == 1:
+            (operand, copies), = used.items()
+            if copies == 1 and movement.identity[operand] and \
+                    tuple(operands[operand][0].shape) == tuple(result.shape):
+                return _Info("traced", key=keys[operand], rows=movement.rows, radius=radius)
+            op = spec.op if copies == 1 else "function"
+            params = {**spec.params, "copies": copies,
+                      "identity_order": movement.identity[operand],
+                      "last_dim_kept": movement.last_dim_kept}
+            self._add_node(name, spec.replace(
+                op=op, lipschitz=_certified_sqrt(copies), params=params,
+                label=spec.label or f"data movement copying an entry up to {copies} "
+                                    f"times: sqrt({copies})"), [keys[operand]], node)
+            if not self.local:
+                self.traced.input_ndim[name] = operands[operand][0].dim()
+            return _Info("traced", key=name, rows=movement.rows, radius=radius)
+        preds = []
+        for i, (operand, copies) in enumerate(used.items()):
+            pred = keys[operand]
+            if copies > 1:
+                pred = self._unit(f"{name}_part{i}", pred, _certified_sqrt(copies), node,
+                                  f"copies of one operand: sqrt({copies})")
+            preds.append(pred)
+        self._add_node(name, NodeSpec("concat", kind="movement", params={"call": spec.params.get(
+            "call", "")}, label="concatenation rule: sqrt(sum of squares)"), preds, node)
+        return _Info("traced", key=name, rows=movement.rows, radius=radius)
 
-    def _placeholder(self, n: fx.Node, result) -> _Info:
-        if not isinstance(result, torch.Tensor):
-            return _Info("meta")
-        self.inputs_seen += 1
-        if self.inputs_seen > 1:
-            raise InputError(f"module_graph: expected a model with one tensor input, got a "
-                             f"second one, {n.name!r}.")
-        self.G.add_node(n.name, op="input", label="the network input",
-                        params={"shape": list(result.shape[1:])})
-        return _Info("traced", key=n.name)
+    def _movement_radius(self, node, operands, movement, result) -> float | None:
+        radii = [self.info[_node(node, name)].radius for name in operands]
+        if not movement.tokens_whole or any(r is None for r in radii) or result.dim() == 0:
+            return None
+        copies = max(movement.copies.values(), default=1)
+        fills = (movement.rows.materialize() < 0) if not movement.rows.is_standard else None
+        extra = 0.0
+        if fills is not None and bool(fills.any()):
+            values = torch.where(fills.to(result.device), result.detach().double(),
+                                 torch.zeros((), dtype=torch.float64, device=result.device))
+            extra = float(values.norm(dim=-1).max())
+        return (math.sqrt(copies) * max(radii) + extra) * (1 + 1e-12)
 
-    def _tuple_item(self, n: fx.Node, result) -> _Info:
-        source = self.traced.info[n.args[0].name]
-        index = n.args[1]
-        if source.kind == "tuple":
-            if index == source.tuple_index:
-                return _Info("traced", key=source.key, radius=source.radius,
-                             live=source.live)
-            raise unsupported(self._context(n, result),
-                              f"entry {index} of the output of {source.key!r} is not covered "
-                              f"by its rule (only entry {source.tuple_index} is)")
-        copies = multiplicity(None, source.pending[index])
-        spec = movement_spec("select", copies, "tuple entry")
-        self._add_node(n.name, spec, [source.key], describe_target(n.target))
-        return _Info("traced", key=n.name)
-
-    def _apply_rule(self, n: fx.Node, result) -> _Info:
-        ctx = self._context(n, result)
-        rule = lookup_rule(ctx.target)
-        if rule is None:
-            raise unsupported(ctx)
-        spec = rule.bound(ctx)
+    def _sum(self, node, ctx, spec: NodeSpec, result) -> _Info:
         traced = ctx.traced()
-        where = n.target if n.op == "call_module" else describe_target(n.target)
-        if spec.pending is not None:
-            return _Info("pending", key=self.traced.info[traced[0].name].key,
-                         pending=spec.pending)
-        if spec.alias:
-            source = self.traced.info[traced[0].name]
-            live = source.live if _same_shape(source.live, result) else None
-            return _Info(source.kind, key=source.key, radius=source.radius,
-                         tuple_index=source.tuple_index, live=live)
-        if spec.op in ("add", "concat"):
-            self._multi_input(n, spec, ctx, where)
-            live = _replay_liveness(ctx, result) if spec.op == "concat" else \
-                _union_liveness(traced, result)
-            return _Info("traced", key=n.name, live=live)
-        keys = list(dict.fromkeys(self.traced.info[v.name].key for v in traced))
-        if len(keys) != 1:
-            raise unsupported(ctx, "it takes several input-dependent tensors, and its rule "
-                                   "gives a one-input op")
-        if spec.channel_scale is not None and (self._fold(n, keys[0], spec, ctx)
-                                               or self._fold_forward(n, spec, ctx)):
-            return self.traced.info[traced[0].name]
-        if spec.feature_scale is not None and self._fold_features(n, spec,
-                                                                  ctx.input.dim()):
-            spec = spec.without_scale()
-        if n.name in self.input_scales:
-            if spec.fold_input is None:   # _fold_forward only targets conv/linear layers
-                raise RuntimeError(f"module_graph: cannot fold a BatchNorm into {n.name!r}")
-            spec = spec.fold_input(self.input_scales.pop(n.name))
-        self._add_node(n.name, spec, keys, str(where))
-        self.traced.input_ndim[n.name] = ctx.input.dim()
-        if rule.local is not None:
-            self.traced.local_nodes[n.name] = n.name
-        kind = "tuple" if spec.tuple_index is not None else "traced"
-        return _Info(kind, key=n.name, radius=spec.output_radius,
-                     tuple_index=spec.tuple_index, live=_liveness(spec, ctx, result))
-
-    def _multi_input(self, n: fx.Node, spec: NodeSpec, ctx: RuleContext, where) -> None:
-        preds, seen = [], set()
-        for i, value in enumerate(ctx.values()):
-            if value.traced:
-                key = self.traced.info[value.name].key
-                if key in seen:   # a DiGraph has no parallel edges: route copies via identity
-                    copy_key = f"{n.name}_copy{i}"
-                    self.G.add_node(copy_key, op="identity", label="second use of an operand",
-                                    params={}, certified=True, module=str(where))
-                    self.G.add_edge(key, copy_key)
-                    key = copy_key
-                seen.add(key)
-                preds.append(key)
-            elif isinstance(value.value, torch.Tensor):
-                const_key = f"{n.name}_constant{i}"
-                self.G.add_node(const_key, op="constant", params={}, certified=True,
-                                label="a tensor that does not depend on the input (L = 0)",
-                                module=value.name)
-                preds.append(const_key)
-        self._add_node(n.name, spec, preds, str(where))
-
-    def _fold_forward(self, n: fx.Node, spec: NodeSpec, ctx: RuleContext) -> bool:
-        """Fold a channel scaling into the conv/linear layer after it, when only
-        elementwise or per-channel ops (whose Jacobians commute with the scaling) lie in
-        between and nothing else uses the intermediate values."""
-        if not self.traced.options.fold_batchnorm or ctx.input.dim() < 2:
-            return False
-        node, flattened = n, False
-        while len(node.users) == 1:
-            (node,) = node.users
-            if node.op not in ("call_module", "call_function", "call_method"):
-                return False
-            target = self.module.get_submodule(node.target) if node.op == "call_module" \
-                else node.target
-            kind = type(target) if isinstance(target, nn.Module) else target
-            if isinstance(target, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and not flattened:
-                break
-            if isinstance(target, nn.Linear) and (flattened or ctx.input.dim() == 2):
-                break
-            if _hashable(kind) and kind in FLATTEN_TARGETS and not flattened:
-                flattened = _flattens_from_channels(node, target)
-                if not flattened:
-                    return False
+        shape = tuple(result.shape)
+        groups: dict = {}
+        for value, coefficient in zip(traced, spec.coefficients):
+            group = (value.name, tuple(value.value.shape))
+            groups[group] = groups.get(group, 0.0) + float(coefficient)
+        preds, rows, radii = [], [], []
+        for i, ((name, _), coefficient) in enumerate(groups.items()):
+            value = next(v for v in traced if v.name == name)
+            if coefficient == 0:
                 continue
-            if not (_hashable(kind) and kind in CHANNELWISE_TARGETS):
-                return False
+            pred, operand_rows = self._broadcast(node, value, shape, i)
+            if abs(coefficient) != 1:
+                pred = self._unit(f"{node.name}_times{i}", pred, abs(coefficient), node,
+                                  f"coefficient {coefficient:g}")
+            preds.append(pred)
+            rows.append(operand_rows)
+            same_tokens = value.value.dim() > 0 and value.value.shape[-1] == shape[-1]
+            radii.append(abs(coefficient) * value.radius
+                         if value.radius is not None and same_tokens else None)
+        if not preds:
+            return _Info("constant")
+        out_rows = combine_rows(rows, shape)
+        radius = None
+        if all(r is not None for r in radii) and result.dim() > 0:
+            radius = (sum(radii) + _constant_token_norm(ctx, spec, result)) * (1 + 1e-12)
+        if len(preds) == 1:
+            source = self.info[_node(node, traced[0].name)]
+            if preds[0] == source.key:
+                return _Info("traced", key=source.key, rows=out_rows, radius=radius)
+            return _Info("traced", key=preds[0], rows=out_rows, radius=radius)
+        self._add_node(node.name, spec.replace(op="add"), preds, node)
+        return _Info("traced", key=node.name, rows=out_rows, radius=radius)
+
+    def _scale(self, node, ctx, spec: NodeSpec, result) -> _Info:
+        (value,) = ctx.traced()
+        shape = tuple(result.shape)
+        factor = spec.factor
+        info = self.info[_node(node, value.name)]
+        if isinstance(factor, torch.Tensor):
+            constant = _broadcast_diagonal_norm(factor, tuple(value.value.shape), shape)
+            largest = float(factor.detach().double().abs().max()) if factor.numel() else 0.0
         else:
-            return False
-        self.input_scales[node.name] = spec.channel_scale
-        return True
+            copies = math.prod(shape) // max(value.value.numel(), 1)
+            constant = abs(float(factor)) * math.sqrt(copies)
+            largest = abs(float(factor))
+        rows = broadcast_rows(info.rows, shape)
+        same_tokens = value.value.dim() > 0 and len(shape) > 0 and \
+            value.value.shape[-1] == shape[-1]
+        radius = largest * info.radius if info.radius is not None and same_tokens else None
+        if constant == 1 and tuple(value.value.shape) == shape:
+            return _Info("traced", key=info.key, rows=rows, radius=radius)
+        self._add_node(node.name, spec.replace(op="scale", lipschitz=constant * (1 + 1e-12),
+                                               params={"largest_factor": largest}),
+                       [info.key], node)
+        return _Info("traced", key=node.name, rows=rows, radius=radius)
 
-    def _fold_features(self, n: fx.Node, spec: NodeSpec, ndim: int) -> bool:
-        """Fold LayerNorm's gamma (a diagonal map on the last dimension) into the linear
-        layer after it, when only elementwise ops and token selections lie in between."""
-        if not self.traced.options.fold_batchnorm:
-            return False
-        node = n
-        while len(node.users) == 1:
-            (node,) = node.users
-            if node.op not in ("call_module", "call_function", "call_method"):
-                return False
-            target = self.module.get_submodule(node.target) if node.op == "call_module" \
-                else node.target
-            if isinstance(target, nn.Linear):
-                if target.in_features != spec.feature_scale.numel():
-                    return False
-                self.input_scales[node.name] = spec.feature_scale
-                return True
-            kind = type(target) if isinstance(target, nn.Module) else target
-            if _hashable(kind) and kind in ELEMENTWISE_TARGETS:
+    def _choose(self, node, ctx, spec: NodeSpec, result) -> _Info:
+        traced = ctx.traced()
+        shape = tuple(result.shape)
+        preds, rows, seen = [], [], set()
+        for i, value in enumerate(traced):
+            if value.name in seen:
                 continue
-            if target is _getitem() and _keeps_last_dim(node.args[1], ndim):
-                items = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
-                ndim += sum(1 for i in items if i is None) - sum(
-                    1 for i in items if isinstance(i, int))
-                continue
-            return False
-        return False
+            seen.add(value.name)
+            pred, operand_rows = self._broadcast(node, value, shape, i)
+            preds.append(pred)
+            rows.append(operand_rows)
+        out_rows = combine_rows(rows, shape)
+        if len(preds) == 1:
+            self._add_node(node.name, spec.replace(op="function", lipschitz=1.0, kind="map"),
+                           preds, node)
+        else:
+            self._add_node(node.name, spec.replace(op="concat"), preds, node)
+        return _Info("traced", key=node.name, rows=out_rows)
 
-    def _fold(self, n: fx.Node, pred_key: str, spec: NodeSpec, ctx: RuleContext) -> bool:
-        """Fold a channel scaling (BatchNorm) into the conv/linear node before it."""
-        if not self.traced.options.fold_batchnorm:
-            return False
-        source = self.traced.specs.get(pred_key)
-        producer = ctx.traced()[0].name
-        if (source is None or source.fold is None or producer != pred_key
-                or len(_node(self.module, producer).users) != 1):
-            return False
-        if source.op == "linear" and self.traced.input_ndim.get(pred_key) != 2:
-            return False
-        folded = source.fold(spec.channel_scale)
-        data = self.G.nodes[pred_key]
-        data["label"] = folded.label
-        data["module"] = f"{data['module']}+{n.target}"
-        self.traced.specs[pred_key] = folded
-        return True
+    # ------------------------------------------------------------------ output
 
-    def _output(self, n: fx.Node, result) -> None:
-        (item,) = n.args
-        if not isinstance(item, fx.Node) or not isinstance(result, torch.Tensor):
-            raise InputError("module_graph: expected the model to return one tensor of "
-                             f"logits, got {type(result).__name__}.")
-        info = self.traced.info[item.name]
+    def _output(self, node: fx.Node):
+        name = self.traced.exported.output_name
+        item = next(m for m in node.all_input_nodes if m.name == name)
+        value = self.env[item]
+        info = self.info[item]
+        if not isinstance(value, torch.Tensor):
+            raise InputError(f"module_graph: expected the model to return one tensor of "
+                             f"logits, got {type(value).__name__}.")
         if info.kind != "traced":
             raise InputError("module_graph: the model's output does not depend on its input.")
-        if result.dim() != 2:
+        if value.dim() != 2:
             raise InputError(f"module_graph: expected logits of shape (B, K), got "
-                             f"{tuple(result.shape)}.")
-        self.G.add_node("output", op="output", label="the logits", params={
-            "classes": int(result.shape[1])})
-        self.G.add_edge(info.key, "output")
+                             f"{tuple(value.shape)}.")
+        try:
+            check_output_rows(info.rows)
+        except MixedRowsError as err:
+            raise UnsupportedModuleError(f"module_graph: cannot bound the model: {err}; "
+                                         f"the per-sample Fisher information is undefined."
+                                         ) from err
+        if not self.local:
+            self.G.add_node("output", op="output", label="the logits",
+                            params={"classes": int(value.shape[1])})
+            self.G.add_edge(info.key, "output")
+        return value
 
 
-def _same_shape(mask, result) -> bool:
-    return mask is not None and isinstance(result, torch.Tensor) and \
-        mask.shape[1:] == result.shape[1:]
+# =========================================================================== helpers
 
 
-def _compact(mask: torch.Tensor | None) -> torch.Tensor | None:
-    """Masks are kept on the CPU; an all-true mask is stored as None (everything live)."""
-    return None if mask is None or bool(mask.all()) else mask.cpu()
+def _node(node: fx.Node, name: str) -> fx.Node:
+    return next(m for m in node.all_input_nodes if m.name == name)
 
 
-def _replay_liveness(ctx: RuleContext, result) -> torch.Tensor | None:
-    """Entries of the result that may depend on the input: the op applied to 0/1 masks
-    (1 where an operand may depend on the input); None (all) when that is not possible."""
-    def mask(item):
+def _substitute(ctx: RuleContext, encoded: dict) -> dict:
+    """Arguments with each input-dependent Value replaced by its encoding and floating
+    constants cast to float64 (so that the replay mixes no dtypes)."""
+    def swap(item):
         if isinstance(item, Value):
+            if item.traced:
+                return encoded[item.name]
             value = item.value
-            if not isinstance(value, torch.Tensor):
-                return value
-            if not item.traced:
-                return torch.zeros_like(value, dtype=torch.float64)
-            ones = torch.ones_like(value, dtype=torch.float64)
-            return ones if item.live is None else ones * item.live.to(value.device)
+            if _is_float_tensor(value):
+                return value.detach().double().to(next(iter(encoded.values())).device)
+            return value
         if isinstance(item, (list, tuple)):
-            return type(item)(mask(entry) for entry in item)
+            return type(item)(swap(entry) for entry in item)
         return item
-    try:
-        args = mask(ctx.args)
-        kwargs = {key: mask(value) for key, value in ctx.kwargs.items()}
-        if ctx.node.op == "call_module":
-            out = ctx.module(*args, **kwargs)
-        elif ctx.node.op == "call_method":
-            out = getattr(args[0], ctx.target)(*args[1:], **kwargs)
-        else:
-            out = ctx.target(*args, **kwargs)
-    except Exception:   # noqa: BLE001 - liveness is an optional refinement
-        return None
-    if not isinstance(out, torch.Tensor) or out.shape != _first_tensor(result).shape:
-        return None
-    return _compact(out != 0)
+    return {name: swap(item) for name, item in ctx.arguments.items()}
 
 
-def _union_liveness(traced: list[Value], result) -> torch.Tensor | None:
-    """Entries of a sum that may depend on the input: the union over the operands (never
-    replayed, since a difference of masks would cancel)."""
-    if any(value.live is None for value in traced):
-        return None
-    shape = _first_tensor(result).shape
-    try:
-        union = torch.zeros(shape, dtype=torch.bool)
-        for value in traced:
-            union = union | value.live.expand(shape)
-    except RuntimeError:
-        return None
-    return _compact(union)
+def _certified_sqrt(copies: int) -> float:
+    root = math.isqrt(copies)
+    return float(root) if root * root == copies else math.sqrt(copies) * (1 + 1e-15) + 1e-300
 
 
-def _first_tensor(result):
-    return result[0] if isinstance(result, (tuple, list)) else result
+def _broadcast_diagonal_norm(factor: torch.Tensor, operand_shape, shape) -> float:
+    r"""Exact norm of :math:`x \mapsto w \odot \operatorname{broadcast}(x)`:
+    :math:`\max_j \sqrt{\sum_{i \to j} w_i^2}` over the entries :math:`j` of ``x``."""
+    squares = factor.detach().to("cpu", torch.float64).pow(2).expand(shape)
+    padded = (1,) * (len(shape) - len(operand_shape)) + tuple(operand_shape)
+    dims = [d for d, (a, b) in enumerate(zip(padded, shape)) if a == 1 and b != 1]
+    if dims:
+        squares = squares.sum(dim=dims, keepdim=True)
+    return math.sqrt(float(squares.max())) * (1 + 1e-12) if squares.numel() else 0.0
 
 
-def _liveness(spec: NodeSpec, ctx: RuleContext, result) -> torch.Tensor | None:
-    """Propagate the live-entry mask through a one-input op (see NodeSpec.liveness)."""
-    source = ctx.traced()[0].live
-    output = _first_tensor(result)
-    if spec.liveness == "replay":
-        return _replay_liveness(ctx, result)
-    if source is None or spec.liveness == "all":
-        return None
-    if spec.liveness == "same":
-        return source if source.shape[1:] == output.shape[1:] else None
-    source = source.cpu()
-    if spec.liveness.startswith("last:"):
-        k = int(spec.liveness.split(":")[1])
-        tokens = source.flatten(source.dim() - k).any(-1)
-        if tokens.shape[1:] != output.shape[1:output.dim() - k]:
-            return None
-        return _compact(tokens.reshape(*tokens.shape, *([1] * k)).expand(tuple(output.shape)))
-    return None
+def _constant_token_norm(ctx: RuleContext, spec: NodeSpec, result) -> float:
+    """Largest token norm of the constant part of a sum (0 when there is none)."""
+    total = None
+    for item, coefficient in _constant_terms(ctx, spec):
+        term = item * coefficient
+        total = term if total is None else total + term
+    if total is None:
+        return 0.0
+    total = torch.as_tensor(total, dtype=torch.float64).expand(result.shape)
+    return float(total.norm(dim=-1).max()) if total.numel() else 0.0
 
 
-def _hashable(value) -> bool:
-    try:
-        hash(value)
-    except TypeError:
-        return False
-    return True
-
-
-def _flattens_from_channels(node: fx.Node, target) -> bool:
-    """A flatten of every dimension after the batch (channels first)."""
-    if isinstance(target, nn.Module):
-        return target.start_dim == 1 and target.end_dim == -1
-    start = node.kwargs.get("start_dim", node.args[1] if len(node.args) > 1 else 0)
-    end = node.kwargs.get("end_dim", node.args[2] if len(node.args) > 2 else -1)
-    return start == 1 and end == -1
-
-
-def _keeps_last_dim(index, ndim: int) -> bool:
-    """Basic indexing (ints, slices, None) of fewer dimensions than ``ndim``: the last
-    dimension is left whole."""
-    items = index if isinstance(index, tuple) else (index,)
-    if not all(i is None or isinstance(i, (int, slice)) for i in items):
-        return False
-    return sum(1 for i in items if i is not None) < ndim
-
-
-def _getitem():
-    import operator
-    return operator.getitem
-
-
-def _node(module: fx.GraphModule, name: str) -> fx.Node:
-    return next(node for node in module.graph.nodes if node.name == name)
+def _constant_terms(ctx: RuleContext, spec: NodeSpec):
+    """(constant operand, its coefficient) of a sum, from the rule's ``params``."""
+    for name, coefficient in spec.params.get("constant_terms", ()):
+        value = ctx.arg(name)
+        if isinstance(value, torch.Tensor):
+            yield value.detach().to("cpu", torch.float64), coefficient
+        elif isinstance(value, (int, float)):
+            yield torch.tensor(float(value), dtype=torch.float64), coefficient
 
 
 def _json(params: dict) -> dict:
@@ -606,111 +690,39 @@ def _json(params: dict) -> dict:
     return {str(k): convert(v) for k, v in params.items()}
 
 
-# =========================================================================== passes
-
-
-def _merge_pooling(traced: Traced) -> None:
-    """avgpool -> flatten -> linear with an upsampling pool: one exact matrix norm."""
-    G = traced.G
-    for key, spec in list(traced.specs.items()):
-        if spec.op != "linear" or spec.matrix is None or traced.input_ndim.get(key) != 2:
-            continue
-        (flat,) = G.predecessors(key)
-        if G.nodes[flat]["op"] != "flatten" or G.out_degree(flat) != 1:
-            continue
-        (pool,) = G.predecessors(flat)
-        params = G.nodes[pool].get("params", {})
-        if (G.nodes[pool]["op"] != "avgpool" or G.out_degree(pool) != 1
-                or "output_size" not in params):
-            continue
-        out, spatial = params["output_size"], params["input_size"]
-        if math.prod(out) <= math.prod(spatial):
-            continue
-        n_in = math.prod(spatial)
-        basis = torch.eye(n_in, dtype=torch.float64).reshape(n_in, 1, *spatial)
-        pool_fn = {1: torch.nn.functional.adaptive_avg_pool1d,
-                   2: torch.nn.functional.adaptive_avg_pool2d,
-                   3: torch.nn.functional.adaptive_avg_pool3d}[len(spatial)]
-        P = pool_fn(basis, out).reshape(n_in, -1).T                  # (Q, n_in)
-        W = spec.matrix
-        channels = W.shape[1] // P.shape[0]
-        merged = (W.reshape(W.shape[0], channels, P.shape[0]) @ P).reshape(W.shape[0], -1)
-        value = linear_operator_norm(merged)
-        if value >= G.nodes[pool]["lipschitz"] * G.nodes[key]["lipschitz"]:
-            continue
-        G.nodes[pool]["lipschitz"] = 1.0
-        G.nodes[pool]["label"] = f"merged into {key!r}, which carries the constant"
-        G.nodes[key]["lipschitz"] = value
-        G.nodes[key]["label"] = "exact SVD of the weight times the upsampling pooling"
-        traced.specs[key] = NodeSpec(**{**spec.__dict__, "lipschitz": value,
-                                        "matrix": merged})
-        traced.merged.update({pool, flat})
-        traced.local_nodes = {k: v for k, v in traced.local_nodes.items() if v != pool}
-
-
-def last_linear(G: nx.DiGraph, traced: Traced) -> str | None:
-    """The linear node whose output is the logits (through identity-like nodes), if any."""
-    (node,) = G.predecessors("output")
-    while G.nodes[node]["op"] in ("identity", "dropout") and G.out_degree(node) == 1:
-        (node,) = G.predecessors(node)
-    spec = traced.specs.get(node)
-    if (G.nodes[node]["op"] == "linear" and G.out_degree(node) == 1 and spec is not None
-            and spec.matrix is not None and traced.input_ndim.get(node) == 2):
-        return node
-    return None
-
-
-def _centre_logits(traced: Traced) -> None:
-    G = traced.G
-    node = last_linear(G, traced)
-    if node is None:
-        return
-    W = traced.specs[node].matrix
-    centred = W - W.mean(dim=0, keepdim=True)
-    value = linear_operator_norm(centred)
-    if value < G.nodes[node]["lipschitz"]:
-        G.nodes[node]["lipschitz"] = value
-        G.nodes[node]["label"] += "; centred: ||(I - 11^T/K) W||"
-        G.graph["centred_logits"] = True
-
-
 # =========================================================================== entry
 
 
-def trace_model(model: nn.Module, example_input: torch.Tensor,
-                options: GraphOptions) -> Traced:
-    """Trace ``model`` and build its architecture graph with certified constants.
-
-    ``example_input`` is a batch (B, ...); its first row fixes the shapes (conv grids,
-    pooling windows, sequence lengths). The model must already be in eval mode.
-    """
-    module = _symbolic_trace(model)
-    G = nx.DiGraph(name=type(model).__name__)
-    traced = Traced(G, module, options)
-    runner = _Runner(module, traced, local=False)
+def build_graph(exported: Exported, example_input: torch.Tensor,
+                options: GraphOptions) -> TracedGraph:
+    """Run the exported graph on two copies of the example's first row and build the
+    architecture graph (passes not applied yet)."""
+    G = nx.DiGraph()
+    traced = TracedGraph(G, exported, options)
+    row = example_input[:1]
+    x = row.expand(2, *row.shape[1:]).clone()
     with torch.no_grad():
-        runner.run(example_input[:1])
-    if not any(op == "output" for _, op in G.nodes(data="op")):
+        _Runner(traced, local=False).run(x)
+    if "output" not in G:
         raise InputError("module_graph: the model returned nothing the graph can bound.")
-    _prune(G)
-    for key in traced.lazy & set(G):
-        spec = traced.specs[key]
-        value = float(spec.lipschitz())
-        G.nodes[key]["lipschitz"] = value
-        traced.specs[key] = NodeSpec(**{**spec.__dict__, "lipschitz": value})
-    if options.merge_pooling:
-        _merge_pooling(traced)
-    if options.centre_logits:
-        _centre_logits(traced)
-    G.graph["input_shape"] = list(example_input.shape[1:])
-    G.graph["options"] = {k: v for k, v in options.__dict__.items()}
-    return traced
-
-
-def _prune(G: nx.DiGraph) -> None:
-    """Drop nodes that do not lead to the output (e.g. a computed but unused branch)."""
     keep = nx.ancestors(G, "output") | {"output"}
     G.remove_nodes_from([node for node in list(G) if node not in keep])
     if not any(op == "input" for _, op in G.nodes(data="op")):
         raise InputError("module_graph: the logits do not depend on the input.")
+    return traced
 
+
+def evaluate_constants(traced: TracedGraph) -> None:
+    """Compute the constants left as callables (after the folding passes, so that a
+    layer's norm is computed once, for the folded weight)."""
+    G = traced.G
+    for key in sorted(traced.lazy & set(G)):
+        spec = traced.specs[key]
+        if callable(spec.lipschitz):
+            value = float(spec.lipschitz())
+            traced.specs[key] = spec.replace(lipschitz=value)
+        else:
+            value = float(spec.lipschitz)
+        if "lipschitz" not in G.nodes[key] or key not in traced.merged:
+            G.nodes[key]["lipschitz"] = value
+    traced.lazy.clear()
