@@ -2,7 +2,8 @@
 
 Every estimator validates its arguments here, once, and then runs inside
 :func:`model_context`, which puts the model in eval mode, selects attention kernels that
-support second-order and forward-mode autodiff, and restores everything afterwards.
+support second-order and forward-mode autodiff, switches mixed precision off
+(:func:`numeric.device.full_precision`), and restores everything afterwards.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from numeric.device import full_precision, resolve_device
 from numeric.errors import InputError
 
 __all__ = [
@@ -24,6 +26,7 @@ __all__ = [
     "check_model",
     "check_generator",
     "resolve_dtype",
+    "resolve_compute_device",
     "model_device_dtype",
     "model_context",
 ]
@@ -117,6 +120,14 @@ def model_device_dtype(model: nn.Module, x: torch.Tensor) -> tuple[torch.device,
     return x.device, x.dtype
 
 
+def resolve_compute_device(caller: str, model: nn.Module, x: torch.Tensor,
+                           device) -> torch.device:
+    """``device`` checked by :func:`numeric.device.resolve_device`; None: the model's."""
+    if device is None:
+        return model_device_dtype(model, x)[0]
+    return resolve_device(device, caller=caller)
+
+
 def resolve_dtype(caller: str, dtype, default: torch.dtype) -> torch.dtype:
     if dtype is None:
         return default
@@ -135,12 +146,15 @@ def check_model(caller: str, model) -> None:
 
 @contextlib.contextmanager
 def model_context(model: nn.Module) -> Iterator[None]:
-    """Eval mode plus attention kernels with full autodiff support; restored on exit.
+    """Eval mode, attention kernels with full autodiff support, full precision; restored.
 
     Fused attention kernels (flash / memory-efficient ``scaled_dot_product_attention`` and
     the ``nn.MultiheadAttention`` inference fast path) implement neither forward-mode AD
     nor double backward, so the estimators select the math kernel and disable the fast
-    path while they run. The training flag of every submodule is restored afterwards.
+    path while they run. Autocast, TF32 and bfloat16 matmuls are off
+    (:func:`numeric.device.full_precision`), so that results are exact up to the rounding
+    of the computation dtype on every device. The training flag of every submodule is
+    restored afterwards.
     """
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -149,7 +163,7 @@ def model_context(model: nn.Module) -> Iterator[None]:
     model.eval()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        with sdpa_kernel(SDPBackend.MATH):
+        with sdpa_kernel(SDPBackend.MATH), full_precision():
             yield
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)

@@ -1,11 +1,13 @@
-r"""Top eigenvalues of the input Fisher information: power iteration and Lanczos.
+r"""Top eigenvalues of the input Fisher information: Lanczos, power iteration, exact.
 
-Both methods run on the ``K x K`` operator :math:`M u = A^\top J J^\top A u` (see
-:mod:`numeric.fisher.operator`), whose nonzero spectrum is that of ``F``; each product is
-one VJP and one JVP over the whole batch, and all rows iterate together. Vectors have
-``K`` entries, so full reorthogonalisation is cheap. ``M`` annihilates
-:math:`s = \sqrt p`; every iterate is kept orthogonal to it, so the Krylov space has
-dimension at most ``K - 1`` and Lanczos is exact once it gets there.
+The iterative methods run on the ``K x K`` operator :math:`M u = A^\top J J^\top A u`
+(see :mod:`numeric.fisher.operator`), whose nonzero spectrum is that of ``F``; each
+product is one VJP and one JVP of the network over the rows that still iterate
+(:class:`GramOperator`). The vectors have ``K`` entries, so the linear algebra
+(:mod:`numeric.fisher.krylov`) runs in float64 with full reorthogonalisation whatever
+dtype the network computes in. ``M`` annihilates :math:`s = \sqrt p`; every iterate is
+kept orthogonal to it, so the Krylov space has dimension at most ``K - 1`` and Lanczos is
+exact once it gets there.
 
 Stopping rule (shared by both): a row stops when every returned Ritz pair
 :math:`(\theta, u)` has relative residual :math:`\|M u - \theta u\| \le \mathrm{tol}\,\theta`.
@@ -17,7 +19,6 @@ simple eigenvalue with relative gap ``g`` the error is at most
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -32,15 +33,20 @@ from numeric.fisher._validation import (
     model_context,
 )
 from numeric.fisher.exact import MAX_JACOBIAN_ENTRIES, exact_spectrum
+from numeric.fisher.krylov import KrylovResult, block_lanczos, power_iteration
 from numeric.fisher.operator import Linearization, prepare
 
-__all__ = ["fisher_top_eigenvalue", "EigenDiagnostics", "lanczos", "power_iteration",
-           "choose_method", "AUTO_EXACT_MAX_CLASSES"]
+__all__ = ["fisher_top_eigenvalue", "EigenDiagnostics", "GramOperator", "choose_method",
+           "block_size", "AUTO_EXACT_MAX_CLASSES", "BLOCK_TARGET_ROWS", "MAX_BLOCK_SIZE"]
 
 #: ``method="auto"`` uses the exact path up to this many classes (see :func:`choose_method`).
 AUTO_EXACT_MAX_CLASSES = 32
 
-Operator = Callable[[torch.Tensor], torch.Tensor]
+#: Rows per product that Lanczos aims for by device type (see :func:`block_size`).
+BLOCK_TARGET_ROWS = {"cpu": 4, "cuda": 64}
+
+#: Largest Lanczos block.
+MAX_BLOCK_SIZE = 8
 
 
 @dataclass(frozen=True)
@@ -52,18 +58,21 @@ class EigenDiagnostics:
     method : str
         The method that ran (``"auto"`` resolved to ``"exact"`` or ``"lanczos"``).
     iterations : Tensor of shape (B,), int64
-        Operator products a row needed (0 for ``"exact"``).
+        Products ``M u`` a row needed (its Krylov dimension; 0 for ``"exact"``).
     residuals : Tensor of shape (B, k)
         Relative residual :math:`\\|M u - \\theta u\\| / \\theta` of each returned value
         (0 for ``"exact"``).
     converged : Tensor of shape (B,), bool
         Whether every returned value of the row met ``tol``.
     residual_history : Tensor of shape (T, B)
-        Relative residual of the top value after each of the ``T`` iterations.
+        Relative residual of the top value after each of the ``T`` batched products
+        (a row that stopped repeats its last value).
     products : int
-        Batched operator products computed (each one VJP and one JVP); ``"exact"``
-        reports its ``K`` VJPs.
+        Batched operator applications ``T``, each one VJP and one JVP over the rows
+        still iterating times the block size; ``"exact"`` reports ``K``.
     tol : float
+    block_size : int
+        Vectors per row in each Lanczos product (1 for power iteration and exact).
     """
 
     method: str
@@ -73,143 +82,73 @@ class EigenDiagnostics:
     residual_history: torch.Tensor
     products: int
     tol: float
+    block_size: int = 1
 
 
-def _project(v: torch.Tensor, null: torch.Tensor) -> torch.Tensor:
-    return v - null * (null * v).sum(dim=-1, keepdim=True)
+class GramOperator:
+    r"""The products :math:`M_b u` for any subset of rows, ``block`` vectors per row.
 
+    Rows are replicated ``block`` times along the batch, so one VJP and one JVP over
+    ``n * block`` rows give ``block`` products for each of ``n`` rows. When at most half
+    of the rows of the current linearization are still asked for, it is rebuilt for those
+    rows only (one forward pass), so that rows that stopped early stop costing.
 
-def _normalize(v: torch.Tensor) -> torch.Tensor:
-    norm = v.norm(dim=-1, keepdim=True)
-    return v / norm.clamp_min(torch.finfo(v.dtype).tiny)
-
-
-def _random_like(shape, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    device = generator.device if generator is not None else like.device
-    return torch.randn(shape, generator=generator, device=device,
-                       dtype=like.dtype).to(like.device)
-
-
-def power_iteration(operator: Operator, start: torch.Tensor, null: torch.Tensor, *,
-                    max_iter: int, tol: float):
-    """Batched power iteration on a symmetric PSD ``operator`` acting on rows of (B, K).
-
-    Returns ``(values (B, 1), residuals (B, 1), iterations (B,), converged (B,),
-    history (T, B), products)``. One product per iteration.
-    """
-    batch = start.shape[0]
-    u = _normalize(_project(start, null))
-    values = torch.zeros(batch, 1, dtype=start.dtype, device=start.device)
-    residuals = torch.full_like(values, math.inf)
-    iterations = torch.zeros(batch, dtype=torch.int64, device=start.device)
-    done = torch.zeros(batch, dtype=torch.bool, device=start.device)
-    history = []
-    for step in range(1, max_iter + 1):
-        y = _project(operator(u), null)
-        theta = (u * y).sum(dim=-1)
-        relative = (y - theta.unsqueeze(-1) * u).norm(dim=-1) / theta.abs().clamp_min(
-            torch.finfo(theta.dtype).tiny)
-        relative = torch.where(y.norm(dim=-1) == 0, torch.zeros_like(relative), relative)
-        history.append(relative)
-        update = ~done
-        values[update, 0] = theta[update]
-        residuals[update, 0] = relative[update]
-        iterations[update] = step
-        done = done | (relative <= tol)
-        if bool(done.all()):
-            break
-        u = _normalize(y)
-    return values, residuals, iterations, done, torch.stack(history), step
-
-
-def lanczos(operator: Operator, start: torch.Tensor, null: torch.Tensor, *, k: int,
-            max_iter: int, tol: float, generator: torch.Generator | None = None):
-    """Batched Lanczos with full reorthogonalisation for the top ``k`` eigenvalues.
-
-    ``operator`` is symmetric PSD on rows of (B, K) and annihilates the unit rows of
-    ``null``. Every row runs the same number of steps; a row's result is frozen at the step
-    where its top ``k`` Ritz pairs meet ``tol`` or its Krylov space becomes invariant.
-    A single start vector sees one copy of a repeated eigenvalue: if the Krylov space
-    becomes invariant with fewer than ``k`` Ritz values, Lanczos restarts with a random
-    vector orthogonal to it; with exactly repeated eigenvalues among the top ``k``
-    (non-generic for a trained network) use the exact method.
-    Returns ``(values (B, k), residuals (B, k), iterations (B,), converged (B,),
-    history (T, B), products)``.
-
-    References
+    Parameters
     ----------
-    Golub & Van Loan, *Matrix Computations*, 4th ed., section 10.1 (Lanczos with full
-    reorthogonalisation; "twice is enough" Gram-Schmidt).
+    model, x, dtype, device, caller
+        As for :class:`~numeric.fisher.operator.Linearization`.
+    block : int
+    linearization : Linearization, optional
+        Of all of ``x``; reused when ``block == 1``.
     """
-    batch, size = start.shape
-    dimension = size - 1  # the operator lives on the complement of ``null``
-    steps = min(max_iter, dimension)
-    eps, tiny = torch.finfo(start.dtype).eps, torch.finfo(start.dtype).tiny
-    q = _normalize(_project(start, null))
-    basis = [q]                                                     # Lanczos vectors
-    alphas: list[torch.Tensor] = []
-    betas: list[torch.Tensor] = []
-    values = torch.zeros(batch, k, dtype=start.dtype, device=start.device)
-    residuals = torch.full_like(values, math.inf)
-    iterations = torch.zeros(batch, dtype=torch.int64, device=start.device)
-    done = torch.zeros(batch, dtype=torch.bool, device=start.device)
-    history = []
-    for step in range(1, steps + 1):
-        w = _project(operator(q), null)
-        alphas.append((q * w).sum(dim=-1))
-        stacked = torch.stack(basis, dim=1)                         # (B, step, K)
-        w = _orthogonalize(w, stacked)
-        beta = w.norm(dim=-1)
-        tridiagonal = _tridiagonal(alphas, betas)
-        theta, vectors = torch.linalg.eigh(  # half precision: solve in float32
-            tridiagonal.to(torch.promote_types(tridiagonal.dtype, torch.float32)))
-        theta, vectors = theta.to(start.dtype), vectors.to(start.dtype)
-        theta, last = theta.flip(-1)[:, :k], vectors[:, -1, :].flip(-1)[:, :k]
-        scale = theta[:, 0].abs().clamp_min(tiny)
-        invariant = (beta <= 10 * eps * scale * step) | (step >= dimension)
-        relative = torch.where(invariant.unsqueeze(-1), torch.zeros_like(theta),
-                               beta.unsqueeze(-1) * last.abs() / theta.abs().clamp_min(tiny))
-        history.append(relative[:, 0])
-        update = ~done
-        values[update, :theta.shape[1]] = theta[update]
-        iterations[update] = step
-        if step >= k:
-            residuals[update] = relative[update]
-            done = done | (relative <= tol).all(dim=-1) | invariant
-        if bool(done.all()) or step == steps:
-            break
-        q = w / beta.clamp_min(tiny).unsqueeze(-1)
-        restart = invariant & ~done  # invariant with fewer than k values: start afresh
-        if bool(restart.any()):
-            fresh = _orthogonalize(_random_like(w.shape, w, generator), stacked)
-            q = torch.where(restart.unsqueeze(-1), _normalize(_project(fresh, null)), q)
-            beta = torch.where(restart, torch.zeros_like(beta), beta)  # T splits in blocks
-        betas.append(beta)
-        basis.append(q)
-    return values, residuals, iterations, done, torch.stack(history), step
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, *, dtype: torch.dtype,
+                 device: torch.device, caller: str, block: int,
+                 linearization: Linearization | None = None) -> None:
+        self._model, self._x, self._dtype = model, x, dtype
+        self._device, self._caller, self.block = device, caller, block
+        self._rows = torch.arange(x.shape[0])
+        self._lin = linearization if block == 1 else None
+
+    def _build(self, rows: torch.Tensor) -> None:
+        self._lin = None  # free the old graph first
+        inputs = self._x[rows.to(self._x.device)].repeat_interleave(self.block, dim=0)
+        self._lin = Linearization(self._model, inputs, dtype=self._dtype,
+                                  caller=self._caller, device=self._device)
+        self._rows = rows
+
+    def __call__(self, vectors: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """``vectors`` (n, s, K) float64 for ``rows`` (n,), s <= block: images, float64."""
+        if self._lin is None or 2 * len(rows) <= len(self._rows):
+            self._build(rows)
+        count, width, classes = vectors.shape
+        positions = torch.searchsorted(self._rows, rows).to(self._device)
+        full = vectors.new_zeros(len(self._rows), self.block, classes)
+        full[positions, :width] = vectors
+        flat = full.reshape(-1, classes).to(self._dtype)
+        with torch.no_grad():
+            images = self._lin.gram_product(flat).double()
+        return images.reshape(len(self._rows), self.block, classes)[positions, :width]
 
 
-def _orthogonalize(w: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    """``w`` minus its projection on the orthonormal rows of ``basis`` (B, j, K), twice."""
-    for _ in range(2):  # "twice is enough" (Kahan, Parlett)
-        coefficients = torch.bmm(basis, w.unsqueeze(-1)).transpose(1, 2)   # (B, 1, j)
-        w = w - torch.bmm(coefficients, basis).squeeze(1)
-    return w
+def block_size(batch: int, classes: int, device: torch.device) -> int:
+    """Lanczos block ``s = min(MAX_BLOCK_SIZE, K - 1, BLOCK_TARGET_ROWS // B)``, at least 1.
 
-
-def _tridiagonal(alphas: list[torch.Tensor], betas: list[torch.Tensor]) -> torch.Tensor:
-    t = torch.diag_embed(torch.stack(alphas, dim=-1))
-    if betas:
-        off = torch.diag_embed(torch.stack(betas, dim=-1), offset=1)
-        t = t + off + off.transpose(-1, -2)
-    return t
+    A product over a small batch is latency-bound (torchvision resnet18 at 32x32 on one
+    CPU thread: a JVP of 2 rows takes about as long as one of 8), so a small batch buys a
+    larger Krylov space per product with more vectors per row: on that model, 2 inputs
+    and K = 1000, blocks of 2 needed 7-12 products against 9-16 for single vectors and
+    were fastest on CPU. Large batches use ``s = 1``, plain Lanczos.
+    """
+    target = BLOCK_TARGET_ROWS.get(device.type, BLOCK_TARGET_ROWS["cpu"])
+    return max(1, min(MAX_BLOCK_SIZE, classes - 1, target // batch))
 
 
 def choose_method(num_classes: int, num_features: int) -> str:
     """The rule of ``method="auto"``: ``"exact"`` if ``K <= 32`` and ``K d <= 2**26``.
 
-    Exact costs ``K`` backward passes; Lanczos costs about two backward passes per
-    product and typically needs 20-60 products (never more than ``K - 1``), so exact is
+    Exact costs ``K - 1`` VJPs; Lanczos costs a VJP and a JVP (about three VJPs) per
+    product and typically needs 5-20 products (never more than ``K - 1``), so exact is
     cheaper for small ``K``. Large ``K d`` (many classes on large inputs) would also make
     the exact path's ``K x d`` Jacobian per row large, so it goes to Lanczos.
     """
@@ -223,6 +162,7 @@ def fisher_top_eigenvalue(model: nn.Module, x: torch.Tensor, method: str = "auto
                           k: int = 1, max_iter: int | None = None, tol: float | None = None,
                           generator: torch.Generator | None = None,
                           dtype: torch.dtype | None = None,
+                          device: str | torch.device | None = None,
                           return_diagnostics: bool = False):
     r"""Largest eigenvalue(s) :math:`\lambda_{\max}(F(x_b))` of the input Fisher information.
 
@@ -237,11 +177,11 @@ def fisher_top_eigenvalue(model: nn.Module, x: torch.Tensor, method: str = "auto
     model : nn.Module
         Returns logits of shape (B, K); evaluated in eval mode (its mode is restored).
     x : Tensor of shape (B, *S)
-        A batch of inputs; moved to the model's device.
+        A batch of inputs; moved to the computation device.
     method : {"auto", "exact", "lanczos", "power"}
         ``"exact"``: all eigenvalues from ``K - 1`` VJPs (:func:`fisher_eigenvalues`).
-        ``"lanczos"``: batched Lanczos with full reorthogonalisation (top ``k``; a
-        single start vector sees one copy of an exactly repeated eigenvalue).
+        ``"lanczos"``: block Lanczos with full reorthogonalisation (top ``k``; a block of
+        ``s`` start vectors sees up to ``s`` copies of a repeated eigenvalue).
         ``"power"``: power iteration, the paper's algorithm (``k = 1`` only), run on
         ``M``; its iterates are those of power iteration on ``F`` started from
         :math:`W^\top u_0`.
@@ -250,15 +190,21 @@ def fisher_top_eigenvalue(model: nn.Module, x: torch.Tensor, method: str = "auto
     k : int
         Number of top eigenvalues, ``1 <= k <= K - 1`` (``rank F <= K - 1``).
     max_iter : int, optional
-        Operator products per row; default ``min(K - 1, 500)`` for Lanczos (it is exact
-        after ``K - 1``) and 1000 for power iteration.
+        Products ``M u`` per row (the Krylov dimension for Lanczos); default
+        ``min(K - 1, 500)`` for Lanczos (it is exact after ``K - 1``) and 1000 for power
+        iteration.
     tol : float, optional
         Relative residual tolerance (module docstring); default :math:`\sqrt{\epsilon}` of
         the computation dtype (1.5e-8 in float64, 3.5e-4 in float32).
     generator : torch.Generator, optional
-        Seeds the random start vector.
+        Seeds the random start vectors.
     dtype : torch.dtype, optional
-        Computation dtype (default: the model's).
+        Computation dtype of the network (default: the model's); the Krylov vectors are
+        float64 whatever it is.
+    device : str or torch.device, optional
+        Where to compute: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``
+        (:func:`numeric.device.resolve_device`); default the model's device. Parameters
+        and buffers are copied there for the call; the model is not moved.
     return_diagnostics : bool
         If True, return ``(values, EigenDiagnostics)`` and report rows that did not
         converge in ``diagnostics.converged`` instead of raising.
@@ -266,8 +212,10 @@ def fisher_top_eigenvalue(model: nn.Module, x: torch.Tensor, method: str = "auto
     Returns
     -------
     Tensor of shape (B,) for ``k = 1``, else (B, k) descending
-        Exact up to rounding for ``"exact"``; iterative values are lower estimates
-        (Ritz values never exceed :math:`\lambda_{\max}`) within the stopping rule.
+        In the computation dtype, on the computation device. Exact up to rounding for
+        ``"exact"``; iterative values are lower estimates (Ritz values never exceed
+        :math:`\lambda_{\max}`) within the stopping rule. No autocast or TF32 on any path
+        (:func:`numeric.device.full_precision`).
 
     Raises
     ------
@@ -276,22 +224,27 @@ def fisher_top_eigenvalue(model: nn.Module, x: torch.Tensor, method: str = "auto
         ``return_diagnostics`` is False); the message names the rows.
     InputError
         Bad shapes, non-finite inputs or logits, a model returning probabilities, K = 1,
-        an unknown method or a bad ``k``, ``max_iter`` or ``tol``.
+        an unknown method, a bad ``k``, ``max_iter`` or ``tol``, or a device that is
+        unknown or not available.
 
     Notes
     -----
-    Cost per product: two backward passes over the batch (a VJP and a JVP computed as a
-    double VJP), after one forward pass and one backward pass with ``create_graph``.
-    Exact: ``K - 1`` backward passes plus :math:`O(K^2 d + K^3)` per row. Lanczos needs
-    at most ``K - 1`` products and typically 10-60; power iteration needs about
-    :math:`\log(\mathrm{tol}) / \log(\lambda_2/\lambda_1)`. Memory: the graph of one
-    forward pass and of its backward pass (for the JVP), plus ``B (K-1) d`` entries for
+    Cost per product: a VJP and a JVP (computed as a double VJP) over the rows still
+    iterating, each replicated ``s`` times (:func:`block_size`: ``s > 1`` only for batches
+    too small for efficient kernels), after one forward pass and one backward pass with
+    ``create_graph``. A row stops as soon as its Ritz values meet ``tol``; when at most
+    half of the rows remain, the products are rebuilt for those rows only. Lanczos needs
+    at most ``K - 1`` products per row and typically 5-20; power iteration needs about
+    :math:`\log(\mathrm{tol}) / \log(\lambda_2/\lambda_1)`. Exact: ``K - 1`` VJPs packed
+    into few backward passes (:func:`~numeric.fisher.exact.whitened_jacobian`) plus
+    :math:`O(K^2 d + K^3)` per row. Memory: the graph of the forward pass of ``s`` copies
+    of the batch and of its backward pass (for the JVP), plus ``B (K-1) d`` entries for
     the exact path.
 
     References
     ----------
-    Lanczos: Golub & Van Loan, *Matrix Computations*, 4th ed., 10.1. Power iteration and
-    the metric: Zhang et al., arXiv:2606.04767.
+    Lanczos: Golub & Van Loan, *Matrix Computations*, 4th ed., 10.1 and 10.3.6. Power
+    iteration and the metric: Zhang et al., arXiv:2606.04767.
 
     Examples
     --------
@@ -305,7 +258,7 @@ def fisher_top_eigenvalue(model: nn.Module, x: torch.Tensor, method: str = "auto
     True
     """
     caller = "fisher_top_eigenvalue"
-    x, dtype = prepare(caller, model, x, dtype)
+    x, dtype, device = prepare(caller, model, x, dtype, device)
     check_method(caller, method, ("auto", "exact", "lanczos", "power"))
     check_integer(caller, "k", k)
     if max_iter is not None:
@@ -315,7 +268,7 @@ def fisher_top_eigenvalue(model: nn.Module, x: torch.Tensor, method: str = "auto
     check_generator(caller, generator)
     tol = math.sqrt(torch.finfo(dtype).eps) if tol is None else float(tol)
     with model_context(model):
-        lin = Linearization(model, x, dtype=dtype, caller=caller)
+        lin = Linearization(model, x, dtype=dtype, caller=caller, device=device)
         num_classes = lin.num_classes
         if k > num_classes - 1:
             raise InputError(f"{caller}: expected 1 <= k <= K - 1 = {num_classes - 1} "
@@ -326,10 +279,12 @@ def fisher_top_eigenvalue(model: nn.Module, x: torch.Tensor, method: str = "auto
             raise InputError(f"{caller}: power iteration finds only the top eigenvalue, "
                              f"got k = {k}; use method='lanczos' or 'exact'.")
         if method == "exact":
-            values = exact_spectrum(model, x, dtype, caller, linearization=lin)[:, :k]
+            values = exact_spectrum(model, x, dtype, caller, device=device,
+                                    linearization=lin)[:, :k]
             diagnostics = _exact_diagnostics(values, tol, num_classes)
         else:
-            values, diagnostics = _iterate(lin, method, k, max_iter, tol, generator)
+            values, diagnostics = _iterate(model, x, lin, method, k, max_iter, tol,
+                                           generator, dtype, device, caller)
     if not return_diagnostics and not bool(diagnostics.converged.all()):
         _raise_not_converged(caller, diagnostics, max_iter)
     values = values.detach()
@@ -337,22 +292,36 @@ def fisher_top_eigenvalue(model: nn.Module, x: torch.Tensor, method: str = "auto
     return (values, diagnostics) if return_diagnostics else values
 
 
-def _iterate(lin: Linearization, method: str, k: int, max_iter: int | None, tol: float,
-             generator: torch.Generator | None):
-    null = lin.probabilities.sqrt()
-    start = _random_like(null.shape, null, generator)
-    with torch.no_grad():
-        if method == "lanczos":
-            limit = min(lin.num_classes - 1, 500) if max_iter is None else max_iter
-            result = lanczos(lin.gram_product, start, null, k=k, max_iter=limit, tol=tol,
-                             generator=generator)
-        else:
-            limit = 1000 if max_iter is None else max_iter
-            result = power_iteration(lin.gram_product, start, null, max_iter=limit, tol=tol)
-    values, residuals, iterations, converged, history, products = result
-    return values, EigenDiagnostics(method=method, iterations=iterations,
-                                    residuals=residuals, converged=converged,
-                                    residual_history=history, products=products, tol=tol)
+def _iterate(model, x, lin: Linearization, method: str, k: int, max_iter: int | None,
+             tol: float, generator, dtype, device, caller):
+    probabilities = torch.softmax(lin.logits.double(), dim=-1)
+    null = probabilities.sqrt()
+    classes = lin.num_classes
+    block = block_size(lin.batch, classes, device) if method == "lanczos" else 1
+    operator = GramOperator(model, x, dtype=dtype, device=device, caller=caller,
+                            block=block, linearization=lin)
+    # p-weighted Gaussian start: the top eigenvector of M leans on the likely classes
+    draw = generator.device if generator is not None else device
+    start = probabilities.unsqueeze(1) * torch.randn(
+        (lin.batch, block, classes), generator=generator, device=draw,
+        dtype=torch.float64).to(device)
+    eps = torch.finfo(dtype).eps
+    if method == "lanczos":
+        limit = min(classes - 1, 500) if max_iter is None else max_iter
+        result = block_lanczos(operator, start, null, k=k, max_iter=limit, tol=tol,
+                               eps=eps, generator=generator)
+    else:
+        limit = 1000 if max_iter is None else max_iter
+        result = power_iteration(operator, start[:, 0], null, max_iter=limit, tol=tol)
+    return result.values.to(dtype), _diagnostics(method, result, tol, block)
+
+
+def _diagnostics(method: str, result: KrylovResult, tol: float,
+                 block: int) -> EigenDiagnostics:
+    return EigenDiagnostics(method=method, iterations=result.iterations,
+                            residuals=result.residuals, converged=result.converged,
+                            residual_history=result.history, products=result.products,
+                            tol=tol, block_size=block)
 
 
 def _exact_diagnostics(values: torch.Tensor, tol: float, num_classes: int) -> EigenDiagnostics:

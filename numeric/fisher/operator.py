@@ -27,8 +27,12 @@ Batching over inputs uses the model's own batch dimension: in eval mode the rows
 batch do not interact, so one backward pass with a cotangent per row gives every row's
 VJP. JVPs are computed as the derivative of the (linear) VJP map with respect to its
 cotangent -- "JVP through a double VJP" -- on the graph of a single forward pass, and fall
-back to forward-mode AD (:mod:`torch.autograd.forward_ad`) for models whose operations lack double
-backward. Both need the math attention kernel, which :func:`model_context` selects.
+back to forward-mode AD (:mod:`torch.autograd.forward_ad`) for models whose operations lack
+double backward. Both need the math attention kernel, which :func:`model_context` selects.
+A :class:`Linearization` of ``x`` repeated ``c`` times along the batch gives ``c``
+independent products per row in one pass, which the exact path and block Lanczos use to
+keep the batch large enough for efficient kernels (:mod:`numeric.fisher.exact`,
+:mod:`numeric.fisher.iterative`).
 """
 
 from __future__ import annotations
@@ -43,11 +47,12 @@ from numeric.fisher._validation import (
     check_model,
     model_context,
     model_device_dtype,
+    resolve_compute_device,
     resolve_dtype,
 )
 
 __all__ = ["Linearization", "fisher_vector_product", "apply_factor", "apply_factor_transpose",
-           "softmax_complement_basis"]
+           "softmax_complement_basis", "prepare"]
 
 
 def apply_factor(p: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -78,12 +83,14 @@ class Linearization:
     model : nn.Module
         Maps a batch of shape (B, *S) to logits of shape (B, K).
     x : Tensor of shape (B, *S)
-        Already validated, on the model's device.
+        Already validated.
     dtype : torch.dtype
-        Computation dtype; parameters and floating buffers are cast for the call only
-        (the model itself is never modified).
+        Computation dtype; parameters and buffers are cast (and moved to ``device``) for
+        the call only: the model itself is never modified.
     caller : str
         Name of the public function, used in error messages.
+    device : torch.device, optional
+        Where to compute (default: the model's device).
 
     Attributes
     ----------
@@ -91,18 +98,22 @@ class Linearization:
     logits, probabilities : Tensor of shape (B, K), detached
     batch, num_classes, num_features : int
         ``B``, ``K`` and ``d = prod(S)``.
+    graph_bytes : int or None
+        CUDA memory taken by the forward graph (None on other devices).
     """
 
     def __init__(self, model: nn.Module, x: torch.Tensor, *, dtype: torch.dtype,
-                 caller: str) -> None:
+                 caller: str, device: torch.device | None = None) -> None:
         self._caller = caller
-        device = model_device_dtype(model, x)[0]
-        tensors = {name: (t.detach().to(dtype) if t.is_floating_point() else t)
+        device = model_device_dtype(model, x)[0] if device is None else device
+        tensors = {name: t.detach().to(device=device,
+                                       dtype=dtype if t.is_floating_point() else t.dtype)
                    for name, t in (*model.named_parameters(), *model.named_buffers())}
         self._model, self._tensors = model, tensors
         self.x = x.detach().to(device=device, dtype=dtype).requires_grad_(True)
         self.batch = x.shape[0]
         self.num_features = x[0].numel()
+        before = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
         with torch.enable_grad():
             try:
                 self._logits = self._function(self.x)
@@ -110,8 +121,10 @@ class Linearization:
                 raise
             except (RuntimeError, TypeError, ValueError, IndexError) as err:
                 raise InputError(f"{caller}: the model failed on inputs of shape "
-                                 f"{tuple(x.shape)} and dtype {dtype}: "
+                                 f"{tuple(x.shape)} and dtype {dtype} on {device}: "
                                  f"{type(err).__name__}: {_first_line(err)}") from err
+        self.graph_bytes = (None if before is None
+                            else torch.cuda.memory_allocated(device) - before)
         check_logits(caller, self._logits, self.batch)
         self.logits = self._logits.detach()
         self.probabilities = torch.softmax(self.logits, dim=-1)
@@ -189,22 +202,6 @@ class Linearization:
         r""":math:`F v = J^\top \Sigma_p J v` for every row: (B, *S) -> (B, *S)."""
         return self.vjp(apply_softmax_covariance(self.probabilities, self.jvp(v)))
 
-    def whitened_jacobian(self) -> torch.Tensor:
-        r"""``R = U^T W`` for an orthonormal basis ``U`` of :math:`s^\perp`: (B, K-1, d).
-
-        ``W`` annihilates nothing but :math:`W^\top s = J^\top A s = 0`, so
-        :math:`W = U U^\top W` and :math:`R R^\top = U^\top M U` has the nonzero spectrum
-        of ``M`` (and of ``F``) with one VJP fewer than ``W``. ``U`` is the Householder
-        reflection sending ``s`` to :math:`-e_{k^*}`, :math:`k^* = \arg\max p`, minus that
-        column; its column ``j`` needs the cotangent :math:`A u_j = s \odot u_j`.
-        ``K - 1`` VJPs (backward passes over the whole batch).
-        """
-        cotangents = softmax_complement_basis(self.probabilities)       # (B, K-1, K)
-        rows = self.x.new_empty(self.batch, self.num_classes - 1, self.num_features)
-        for j in range(self.num_classes - 1):
-            rows[:, j] = self.vjp(cotangents[:, j]).reshape(self.batch, -1)
-        return rows
-
 
 def softmax_complement_basis(p: torch.Tensor) -> torch.Tensor:
     r"""Cotangents :math:`A u_j = s \odot u_j` for an orthonormal basis of :math:`s^\perp`.
@@ -227,16 +224,19 @@ def softmax_complement_basis(p: torch.Tensor) -> torch.Tensor:
     return s.unsqueeze(1) * columns
 
 
-def prepare(caller: str, model, x, dtype) -> tuple[torch.Tensor, torch.dtype]:
-    """Validate ``model``, ``x`` and ``dtype``; return ``x`` and the computation dtype."""
+def prepare(caller: str, model, x, dtype, device=None
+            ) -> tuple[torch.Tensor, torch.dtype, torch.device]:
+    """Validate ``model``, ``x``, ``dtype`` and ``device``; return ``x``, dtype, device."""
     check_model(caller, model)
     check_batch(caller, x)
     default = model_device_dtype(model, x)[1]
-    return x, resolve_dtype(caller, dtype, default)
+    return (x, resolve_dtype(caller, dtype, default),
+            resolve_compute_device(caller, model, x, device))
 
 
 def fisher_vector_product(model: nn.Module, x: torch.Tensor, v: torch.Tensor, *,
-                          dtype: torch.dtype | None = None) -> torch.Tensor:
+                          dtype: torch.dtype | None = None,
+                          device: str | torch.device | None = None) -> torch.Tensor:
     r"""Matrix-free input Fisher product :math:`F(x_b) v_b` for every row.
 
     .. math::
@@ -249,22 +249,28 @@ def fisher_vector_product(model: nn.Module, x: torch.Tensor, v: torch.Tensor, *,
     model : nn.Module
         Returns logits of shape (B, K); evaluated in eval mode (its mode is restored).
     x : Tensor of shape (B, *S)
-        A batch of inputs; moved to the model's device.
+        A batch of inputs; moved to the computation device.
     v : Tensor of shape (B, *S)
         One direction per row.
     dtype : torch.dtype, optional
         Computation dtype (default: the model's); ``torch.float64`` casts a copy of the
         parameters for the call.
+    device : str or torch.device, optional
+        Where to compute: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``
+        (:func:`numeric.device.resolve_device`); default the model's device. Parameters
+        and buffers are copied there for the call; the model is not moved.
 
     Returns
     -------
     Tensor of shape (B, *S)
-        Exact up to rounding, on the model's device, in the computation dtype.
+        Exact up to rounding (no autocast or TF32, :func:`numeric.device.full_precision`),
+        on the computation device, in the computation dtype.
 
     Raises
     ------
     InputError
-        Bad shapes, non-finite inputs, a model returning probabilities, or K = 1.
+        Bad shapes, non-finite inputs, a model returning probabilities, K = 1, or a device
+        that is unknown or not available.
 
     Notes
     -----
@@ -280,15 +286,15 @@ def fisher_vector_product(model: nn.Module, x: torch.Tensor, v: torch.Tensor, *,
     torch.Size([4, 3])
     """
     caller = "fisher_vector_product"
-    x, dtype = prepare(caller, model, x, dtype)
+    x, dtype, device = prepare(caller, model, x, dtype, device)
     if not isinstance(v, torch.Tensor) or v.shape != x.shape:
         raise InputError(f"{caller}: expected v of the same shape as x {tuple(x.shape)}, "
                          f"got {tuple(v.shape) if isinstance(v, torch.Tensor) else type(v)}.")
     if not torch.isfinite(v).all():
         raise InputError(f"{caller}: expected a finite v, got NaN or inf.")
     with model_context(model):
-        lin = Linearization(model, x, dtype=dtype, caller=caller)
-        return lin.fisher_product(v.to(device=lin.x.device, dtype=dtype)).detach()
+        lin = Linearization(model, x, dtype=dtype, caller=caller, device=device)
+        return lin.fisher_product(v.to(device=device, dtype=dtype)).detach()
 
 
 def _first_line(err: BaseException) -> str:

@@ -70,7 +70,8 @@ def _hutch_plus_plus(lin: Linearization, num_probes: int, generator) -> torch.Te
 
 def fisher_trace(model: nn.Module, x: torch.Tensor, method: str = "exact", *,
                  num_probes: int | None = None, generator: torch.Generator | None = None,
-                 dtype: torch.dtype | None = None) -> torch.Tensor:
+                 dtype: torch.dtype | None = None,
+                 device: str | torch.device | None = None) -> torch.Tensor:
     r"""Trace of the input Fisher information :math:`\operatorname{tr} F(x_b)` for every row.
 
     .. math::
@@ -84,7 +85,7 @@ def fisher_trace(model: nn.Module, x: torch.Tensor, method: str = "exact", *,
     model : nn.Module
         Returns logits of shape (B, K); evaluated in eval mode (its mode is restored).
     x : Tensor of shape (B, *S)
-        A batch of inputs; moved to the model's device.
+        A batch of inputs; moved to the computation device.
     method : {"exact", "hutchinson", "hutch++"}
         ``"exact"``: from ``K`` VJPs. ``"hutchinson"``: ``num_probes`` Rademacher probes,
         one JVP each. ``"hutch++"``: Meyer et al.'s variance-reduced estimator.
@@ -97,17 +98,23 @@ def fisher_trace(model: nn.Module, x: torch.Tensor, method: str = "exact", *,
         Seeds the probes (independent across rows).
     dtype : torch.dtype, optional
         Computation dtype (default: the model's).
+    device : str or torch.device, optional
+        Where to compute: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``
+        (:func:`numeric.device.resolve_device`); default the model's device. Parameters
+        and buffers are copied there for the call; the model is not moved.
 
     Returns
     -------
     Tensor of shape (B,)
-        Exact up to rounding for ``"exact"``; otherwise an unbiased estimate.
+        On the computation device. Exact up to rounding for ``"exact"`` (no autocast or
+        TF32, :func:`numeric.device.full_precision`); otherwise an unbiased estimate.
 
     Raises
     ------
     InputError
         Bad shapes, non-finite inputs or logits, a model returning probabilities, K = 1,
-        an unknown method or a bad ``num_probes`` or ``generator``.
+        an unknown method, a bad ``num_probes`` or ``generator``, or a device that is
+        unknown or not available.
 
     Notes
     -----
@@ -127,7 +134,8 @@ def fisher_trace(model: nn.Module, x: torch.Tensor, method: str = "exact", *,
     :math:`\operatorname{rank} F \le K - 1`, ``s >= K - 1`` gives :math:`\tilde F = 0`
     almost surely, hence the exact trace.
 
-    Cost: ``"exact"`` one forward and ``K`` backward passes; ``"hutchinson"`` one forward,
+    Cost: ``"exact"`` ``K - 1`` VJPs packed into few backward passes
+    (:func:`~numeric.fisher.exact.whitened_jacobian`); ``"hutchinson"`` one forward,
     one backward with ``create_graph`` and ``m`` JVPs (about a backward pass each);
     ``"hutch++"`` adds ``s`` VJPs.
 
@@ -150,14 +158,14 @@ def fisher_trace(model: nn.Module, x: torch.Tensor, method: str = "exact", *,
     True
     """
     caller = "fisher_trace"
-    x, dtype = prepare(caller, model, x, dtype)
+    x, dtype, device = prepare(caller, model, x, dtype, device)
     check_method(caller, method, ("exact", "hutchinson", "hutch++"))
     num_probes = 64 if num_probes is None else num_probes
     check_integer(caller, "num_probes", num_probes, minimum=3 if method == "hutch++" else 1)
     check_generator(caller, generator)
     with model_context(model):
         if method == "exact":
-            return exact_trace(model, x, dtype, caller).detach()
-        lin = Linearization(model, x, dtype=dtype, caller=caller)
+            return exact_trace(model, x, dtype, caller, device=device).detach()
+        lin = Linearization(model, x, dtype=dtype, caller=caller, device=device)
         estimate = _hutchinson if method == "hutchinson" else _hutch_plus_plus
         return estimate(lin, num_probes, generator).detach()

@@ -6,7 +6,8 @@ from torch import nn
 
 from numeric.errors import ConvergenceError
 from numeric.fisher import fisher_top_eigenvalue
-from numeric.fisher.iterative import choose_method, lanczos, power_iteration
+from numeric.fisher.iterative import block_size, choose_method
+from numeric.fisher.krylov import block_lanczos, power_iteration
 from tests.numeric.fisher_models import MODELS, build
 from tests.reference import exact_fisher_spectrum
 
@@ -96,7 +97,11 @@ def test_auto_rule():
 
 
 def _diagonal_operator(diagonal):
-    return lambda u: diagonal * u
+    """A row operator (module docstring of numeric.fisher.krylov) for diagonal matrices."""
+    return lambda u, rows: diagonal[rows].unsqueeze(1) * u
+
+
+EPS64 = torch.finfo(torch.float64).eps
 
 
 def test_lanczos_restarts_when_the_krylov_space_is_smaller_than_k():
@@ -104,22 +109,70 @@ def test_lanczos_restarts_when_the_krylov_space_is_smaller_than_k():
     # so the Krylov space {5, 1} is invariant after 2 steps and Lanczos restarts
     diagonal = torch.tensor([[0.0, 5.0, 5.0, 1.0]], dtype=torch.float64)
     null = torch.tensor([[1.0, 0, 0, 0]], dtype=torch.float64)
-    start = torch.ones(1, 4, dtype=torch.float64)
-    values, residuals, iterations, converged, history, products = lanczos(
-        _diagonal_operator(diagonal), start, null, k=3, max_iter=10, tol=1e-10,
-        generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(values, torch.tensor([[5.0, 5.0, 1.0]], dtype=torch.float64))
-    assert bool(converged.all()) and products == 3
+    start = torch.ones(1, 1, 4, dtype=torch.float64)
+    result = block_lanczos(_diagonal_operator(diagonal), start, null, k=3, max_iter=10,
+                           tol=1e-10, eps=EPS64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(result.values,
+                               torch.tensor([[5.0, 5.0, 1.0]], dtype=torch.float64))
+    assert bool(result.converged.all()) and result.products == 3
+
+
+def test_a_block_of_two_sees_a_double_eigenvalue_that_one_vector_misses():
+    # eigenvalues 5, 5 and seven distinct smaller ones: one start vector sees one copy of 5,
+    # so its Krylov space is invariant at dimension 8 with Ritz values 5, 1, ...; a block
+    # of two sees both copies
+    diagonal = torch.tensor([[0.0, 5, 5, 1, 0.5, 0.25, 0.1, 0.05, 0.02, 0.01]],
+                            dtype=torch.float64)
+    null = torch.zeros(1, 10, dtype=torch.float64)
+    null[0, 0] = 1
+    start = torch.randn(1, 2, 10, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(1))
+    run = lambda block: block_lanczos(  # noqa: E731
+        _diagonal_operator(diagonal), start[:, :block], null, k=2, max_iter=8, tol=1e-5,
+        eps=EPS64)
+    single, double = run(1), run(2)
+    torch.testing.assert_close(single.values, torch.tensor([[5.0, 1.0]], dtype=torch.float64))
+    torch.testing.assert_close(double.values, torch.tensor([[5.0, 5.0]], dtype=torch.float64))
+    assert bool(double.converged.all()) and double.products < single.products
+
+
+def test_rows_stop_independently_and_are_no_longer_asked_for():
+    # row 0 starts on its top eigenvector and stops after one product; row 1 needs four
+    diagonal = torch.tensor([[0.0, 3.0, 0.0, 0.0, 0.0],
+                             [0.0, 4.0, 3.0, 2.0, 1.0]], dtype=torch.float64)
+    null = torch.zeros(2, 5, dtype=torch.float64)
+    null[:, 0] = 1
+    asked = []
+    operator = _diagonal_operator(diagonal)
+
+    def counting(u, rows):
+        asked.append(rows.tolist())
+        return operator(u, rows)
+
+    start = torch.ones(2, 1, 5, dtype=torch.float64)
+    start[0, 0] = torch.tensor([0.0, 1, 0, 0, 0])
+    result = block_lanczos(counting, start, null, k=1, max_iter=4, tol=1e-12, eps=EPS64)
+    torch.testing.assert_close(result.values[:, 0],
+                               torch.tensor([3.0, 4.0], dtype=torch.float64))
+    assert asked[0] == [0, 1] and all(rows == [1] for rows in asked[1:])
+    assert result.iterations.tolist() == [1, 4] and result.history.shape == (4, 2)
+
+
+def test_block_size_rule():
+    cpu = torch.device("cpu")
+    assert block_size(2, 1000, cpu) == 2 and block_size(8, 1000, cpu) == 1
+    assert block_size(1, 1000, cpu) == 4 and block_size(1, 3, cpu) == 2
+    assert block_size(1, 1000, torch.device("cuda", 0)) == 8
+    assert block_size(16, 1000, torch.device("cuda", 0)) == 4
 
 
 def test_power_iteration_on_known_spectrum():
     diagonal = torch.tensor([[0.0, 4.0, 1.0, 0.5]], dtype=torch.float64)
     null = torch.tensor([[1.0, 0, 0, 0]], dtype=torch.float64)
-    values, residuals, iterations, converged, _, _ = power_iteration(
-        _diagonal_operator(diagonal), torch.ones(1, 4, dtype=torch.float64), null,
-        max_iter=200, tol=1e-10)
-    assert bool(converged.all())
-    torch.testing.assert_close(values[:, 0], torch.tensor([4.0], dtype=torch.float64))
+    result = power_iteration(_diagonal_operator(diagonal), torch.ones(1, 4, dtype=torch.float64),
+                             null, max_iter=200, tol=1e-10)
+    assert bool(result.converged.all())
+    torch.testing.assert_close(result.values[:, 0], torch.tensor([4.0], dtype=torch.float64))
 
 
 def test_constant_model_has_zero_fisher():
