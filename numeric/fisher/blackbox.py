@@ -12,7 +12,9 @@ directional derivative :math:`J_{\log p}\, v = (I - \mathbf 1 p^\top) J v`, and 
 
 So :math:`\hat M = \frac1m \sum_i (W v_i)(W v_i)^\top` is an unbiased sketch of the ``K x K``
 matrix whose nonzero spectrum is that of ``F``, and :math:`\lambda_{\max}(\hat M)` is a
-consistent estimate of :math:`\lambda_{\max}(F)` -- the default ``method="sketch"``.
+consistent estimate of :math:`\lambda_{\max}(F)`, biased upwards at finite ``m``; the
+default ``method="sketch"`` removes that bias with a parametric bootstrap and reports a
+standard error (:mod:`numeric.fisher.sketch`).
 
 The paper's recipe (``method="max_rayleigh"``) instead takes the largest quadratic form
 :math:`u^\top F u` over ``m`` random unit directions. A random unit ``u`` in ``d``
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
+from numeric.device import resolve_device
 from numeric.errors import InputError
 from numeric.fisher._validation import (
     check_batch,
@@ -38,6 +41,12 @@ from numeric.fisher._validation import (
     check_positive,
 )
 from numeric.fisher.operator import apply_factor_transpose
+from numeric.fisher.sketch import (
+    DEFAULT_REPLICATES,
+    debiased_top_eigenvalue,
+    relative_variance,
+    sketch_spectrum,
+)
 
 __all__ = ["blackbox_fisher_top_eigenvalue", "BlackboxEstimate", "default_step",
            "minimum_queries"]
@@ -66,10 +75,17 @@ class BlackboxEstimate:
     step : float
         Euclidean norm of each displacement.
     eigenvalues : Tensor of shape (B, K) or None
-        The sketch's full spectrum, descending (``"sketch"`` only).
+        The sketch's full spectrum, descending, before any bias correction (``"sketch"``
+        only).
     standard_error : Tensor of shape (B,) or None
-        Leading-order standard error of ``values`` (``"sketch"`` only; see Notes of
-        :func:`blackbox_fisher_top_eigenvalue`).
+        Estimated standard deviation of ``values`` over the random directions
+        (``"sketch"`` only): the spread of the bootstrap replicates with ``debias=True``,
+        the first-order :math:`\\hat\\lambda\\sigma` without (Notes of
+        :func:`blackbox_fisher_top_eigenvalue`). An estimate of the sampling error, not a
+        bound; the finite-difference error is far smaller.
+    bias : Tensor of shape (B,) or None
+        The bias correction subtracted from the sketch's top eigenvalue (``"sketch"``
+        with ``debias=True``; zeros when the directions make the sketch exact).
     """
 
     values: torch.Tensor
@@ -80,6 +96,7 @@ class BlackboxEstimate:
     step: float
     eigenvalues: torch.Tensor | None = None
     standard_error: torch.Tensor | None = None
+    bias: torch.Tensor | None = None
 
 
 def minimum_queries(method: str, difference: str) -> int:
@@ -190,16 +207,20 @@ def _evaluate(caller: str, predict_proba: Callable, x: torch.Tensor,
 def blackbox_fisher_top_eigenvalue(predict_proba: Callable[[torch.Tensor], torch.Tensor],
                                    x: torch.Tensor, queries: int = 200, *,
                                    method: str = "sketch", difference: str = "forward",
-                                   step: float | None = None, debias: bool = False,
+                                   step: float | None = None, debias: bool = True,
+                                   num_bootstrap: int = DEFAULT_REPLICATES,
                                    generator: torch.Generator | None = None,
-                                   batch_size: int = 512) -> BlackboxEstimate:
+                                   batch_size: int = 512,
+                                   device: str | torch.device | None = None
+                                   ) -> BlackboxEstimate:
     r"""Estimate :math:`\lambda_{\max}(F(x_b))` from probabilities alone, per row.
 
     Parameters
     ----------
     predict_proba : callable
-        Maps a batch of inputs (n, *S), in the dtype and on the device of ``x``, to
-        probabilities (n, K) (a Tensor or array). Each input row evaluated is one query.
+        Maps a batch of inputs (n, *S), in the dtype of ``x`` and on the computation
+        device, to probabilities (n, K) (a Tensor or array). Each input row evaluated is
+        one query.
     x : Tensor of shape (B, *S)
         The inputs.
     queries : int
@@ -217,26 +238,33 @@ def blackbox_fisher_top_eigenvalue(predict_proba: Callable[[torch.Tensor], torch
     step : float, optional
         Euclidean norm ``h`` of each displacement; default :func:`default_step`.
     debias : bool
-        ``"sketch"`` only: subtract the plug-in second-order bias (Notes). Removes most
-        of the upward bias but adds variance; off by default because it does not lower
-        the typical (median) error.
+        ``"sketch"`` only: subtract the bootstrap estimate of the upward bias (Notes;
+        default). ``False`` returns the plug-in :math:`\lambda_{\max}(\hat M)`.
+    num_bootstrap : int
+        Bootstrap replicates ``R >= 2`` for ``debias`` (default 32).
     generator : torch.Generator, optional
-        Seeds the directions.
+        Seeds the directions and the bootstrap.
     batch_size : int
         Largest number of rows passed to ``predict_proba`` in one call.
+    device : str or torch.device, optional
+        Where the perturbed inputs are made and handed to ``predict_proba``: ``"cpu"``,
+        ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (:func:`numeric.device.resolve_device`);
+        default the device of ``x``.
 
     Returns
     -------
     BlackboxEstimate
-        ``values`` (B,) float64, ``queries`` (B,) int64 (``1 + m`` or ``1 + 2m``, never
-        above the budget), the sketch spectrum and a standard error.
+        ``values`` (B,) float64 on the CPU -- estimates, not bounds --, ``queries`` (B,)
+        int64 (``1 + m`` or ``1 + 2m``, never above the budget), the sketch spectrum,
+        the bias correction and a standard error.
 
     Raises
     ------
     InputError
         ``x`` malformed or non-finite; ``queries`` below :func:`minimum_queries` (2 for
-        a forward sketch, 3 otherwise); ``predict_proba`` returning a wrong shape,
-        non-finite values, logits instead of probabilities, or one class.
+        a forward sketch, 3 otherwise); ``num_bootstrap`` below 2; ``predict_proba``
+        returning a wrong shape, non-finite values, logits instead of probabilities, or
+        one class; a device that is unknown or not available.
 
     Notes
     -----
@@ -251,28 +279,40 @@ def blackbox_fisher_top_eigenvalue(predict_proba: Callable[[torch.Tensor], torch
     Sampling: :math:`\hat M` is unbiased but :math:`\lambda_{\max}` is convex, so
     :math:`\mathbb E\,\lambda_{\max}(\hat M) \ge \lambda_{\max}` (Jensen); to second
     order the bias is :math:`\frac{c\,\lambda_1}{m}\sum_{j \ge 2} \frac{\lambda_j}
-    {\lambda_1 - \lambda_j}` (``c <= 1``), small when the top eigenvalue is separated
-    and vanishing as ``m`` grows (consistency). ``debias=True`` subtracts this term
-    with sample eigenvalues in place of the true ones (capped at half the estimate),
-    where ``c`` is the variance factor :math:`m\sigma^2/2` below.
+    {\lambda_1 - \lambda_j}` (``c <= 1``): small when the top eigenvalue is separated,
+    large when many eigenvalues crowd it (measured: +13 to +17 % at ``m = 199`` on a
+    random-init torchvision resnet18, K = 1000), vanishing as ``m`` grows. ``debias=True``
+    estimates it by a parametric bootstrap -- ``R`` Gaussian sketches of the same size
+    drawn from :math:`N(0, \hat M)` -- scaled by the design factor
+    :math:`\rho = m\sigma^2/2` below, and subtracts it
+    (:func:`~numeric.fisher.sketch.debiased_top_eigenvalue`; clipped to ``[0, top/2]``).
+    On that resnet18 this brought the median absolute error at 200 queries from 13-16 %
+    to 6-7 %.
 
     *Variance.* To first order :math:`\operatorname{Var}\lambda_{\max}(\hat M) \approx
     \lambda_1^2 \sigma^2` with :math:`\sigma^2 = 2(d-1)/(m(d+2)) \approx 2/m` for
     independent directions and :math:`\sigma^2 = 2r(d-r)/(m^2(d+2))` for orthogonal
-    blocks (``r = m mod d``); ``standard_error`` reports :math:`\hat\lambda\sigma`. At
-    200 queries (forward, ``m = 199``) the relative standard error is about 10 %,
-    which is why the default spends one query per direction rather than two: the
-    sampling error, not the :math:`O(h)` truncation, dominates.
+    blocks (``r = m mod d``). ``standard_error`` is the standard deviation of the
+    bootstrap replicates times :math:`\sqrt{\rho(1 + \rho/R)}` with ``debias`` (it
+    sees the crowding of the spectrum; the factor includes the Monte-Carlo error of the
+    correction), and :math:`\hat\lambda\sigma` without. At 200 queries (forward,
+    ``m = 199``) the relative standard error is about 10 %, which no estimator built on
+    ``m`` random directions avoids (for a known top eigenvector :math:`e^\top \hat M e`
+    has it), and why the default spends one query per direction rather than two: the
+    sampling error, not the :math:`O(h)` truncation, dominates. Quadrupling the budget
+    halves it.
 
     Cost: ``B * queries`` model evaluations in calls of at most ``batch_size`` rows,
-    plus :math:`O(m K^2 + K^3)` per row.
+    plus :math:`O(m K \min(m, K))` per row for the spectrum and, with ``debias``, ``R``
+    eigenproblems of size :math:`\min(m, K)` per row.
 
     References
     ----------
     Zhang et al., arXiv:2606.04767 (the ``max_rayleigh`` recipe). Halko, Martinsson &
     Tropp, SIAM Review 53(2), 2011 (sketching). Anderson, *An Introduction to
     Multivariate Statistical Analysis*, 3rd ed., 13.5 (sample eigenvalue bias and
-    variance).
+    variance). Efron & Tibshirani, *An Introduction to the Bootstrap*, 1993, ch. 10
+    (bootstrap bias correction).
 
     Examples
     --------
@@ -304,8 +344,11 @@ def blackbox_fisher_top_eigenvalue(predict_proba: Callable[[torch.Tensor], torch
                          f"point and one direction), got {queries}.")
     if step is not None:
         check_positive(caller, "step", step)
+    check_integer(caller, "num_bootstrap", num_bootstrap, minimum=2)
     check_integer(caller, "batch_size", batch_size)
     check_generator(caller, generator)
+    if device is not None:
+        x = x.to(resolve_device(device, caller=caller))
 
     batch, dim = x.shape[0], x[0].numel()
     step = default_step(x, method, difference) if step is None else float(step)
@@ -329,16 +372,17 @@ def blackbox_fisher_top_eigenvalue(predict_proba: Callable[[torch.Tensor], torch
                                 method=method, difference=difference,
                                 num_directions=count, step=step)
     whitened = apply_factor_transpose(base.unsqueeze(1), samples) * (math.sqrt(dim) / step)
-    sketch = whitened.transpose(1, 2) @ whitened / count                 # (B, K, K)
-    eigenvalues = torch.linalg.eigvalsh((sketch + sketch.transpose(1, 2)) / 2).flip(-1)
-    relative_sd = _relative_sd(count, dim, orthogonal)
-    values = eigenvalues[:, 0]
+    eigenvalues = sketch_spectrum(whitened)                               # (B, K)
+    sigma2 = relative_variance(count, dim, orthogonal)
     if debias:
-        values = values - _second_order_bias(eigenvalues, relative_sd ** 2 / 2)
+        values, bias, error = debiased_top_eigenvalue(
+            eigenvalues, count, sigma2, replicates=num_bootstrap, generator=generator)
+    else:
+        values, bias = eigenvalues[:, 0], None
+        error = values * math.sqrt(sigma2)
     return BlackboxEstimate(values=values, queries=used, method=method,
                             difference=difference, num_directions=count, step=step,
-                            eigenvalues=eigenvalues,
-                            standard_error=values * relative_sd)
+                            eigenvalues=eigenvalues, standard_error=error, bias=bias)
 
 
 def _directional_derivatives(caller, predict_proba, x, base, displacements, difference,
@@ -350,18 +394,3 @@ def _directional_derivatives(caller, predict_proba, x, base, displacements, diff
         return forward - _log(base).unsqueeze(1)
     backward = _log(_evaluate(caller, predict_proba, x, -displacements, batch_size, classes))
     return (forward - backward) / 2
-
-
-def _second_order_bias(eigenvalues: torch.Tensor, factor: float) -> torch.Tensor:
-    """``factor * l1 * sum_j l_j / (l1 - l_j)``, capped at ``l1 / 2``: shape (B,)."""
-    top, rest = eigenvalues[:, :1], eigenvalues[:, 1:].clamp_min(0)
-    gaps = (top - rest).clamp_min(torch.finfo(top.dtype).tiny)
-    bias = factor * (top * rest / gaps).sum(dim=-1)
-    return torch.minimum(bias, top[:, 0] / 2)
-
-
-def _relative_sd(count: int, dim: int, orthogonal: bool) -> float:
-    if orthogonal:
-        r = count % dim
-        return math.sqrt(2 * r * (dim - r) / (count ** 2 * (dim + 2)))
-    return math.sqrt(2 * (dim - 1) / (count * (dim + 2)))

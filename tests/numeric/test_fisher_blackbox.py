@@ -40,6 +40,7 @@ def test_sketch_is_exact_when_the_directions_span_the_input(name, dim):
     result = blackbox_fisher_top_eigenvalue(_proba(model), x, queries=dim + 1,
                                             generator=torch.Generator().manual_seed(0))
     assert result.num_directions == dim and result.standard_error.eq(0).all()
+    assert result.bias.eq(0).all()
     torch.testing.assert_close(result.values, _exact(model, x), rtol=1e-5, atol=0)
     torch.testing.assert_close(result.eigenvalues, fisher_eigenvalues(model, x),
                                rtol=1e-4, atol=1e-9 * float(result.values.max()))
@@ -65,14 +66,50 @@ def test_sketch_on_large_inputs_and_the_paper_recipe_biased_low():
     sketch = blackbox_fisher_top_eigenvalue(_proba(model), x, 200,
                                             generator=torch.Generator().manual_seed(2))
     assert sketch.num_directions == 199
-    assert math.isclose(float(sketch.standard_error[0] / sketch.values[0]),
-                        math.sqrt(2 * 199 * (768 - 199) / (199 ** 2 * 770)))
     assert bool(((sketch.values - exact).abs() <= 5 * sketch.standard_error).all())
+    plain = blackbox_fisher_top_eigenvalue(_proba(model), x, 200, debias=False,
+                                           generator=torch.Generator().manual_seed(2))
+    assert math.isclose(float(plain.standard_error[0] / plain.values[0]),
+                        math.sqrt(2 * 199 * (768 - 199) / (199 ** 2 * 770)))
+    torch.testing.assert_close(sketch.eigenvalues, plain.eigenvalues, rtol=0, atol=0)
     paper = blackbox_fisher_top_eigenvalue(_proba(model), x, 200, method="max_rayleigh",
                                            generator=torch.Generator().manual_seed(2))
     assert paper.num_directions == 99 and paper.step == 1e-3
+    assert paper.standard_error is None and paper.bias is None
     assert bool((paper.values <= exact * (1 + 1e-4)).all())   # Rayleigh quotients
     assert bool((paper.values <= 0.3 * exact).all())          # biased low when d >> K
+
+
+def _crowded_linear_model(classes=100, dim=300):
+    """A linear classifier with a nearly uniform softmax: many eigenvalues of F close to
+    the top (a Marchenko-Pastur bulk), the case where the plain sketch is biased most."""
+    generator = torch.Generator().manual_seed(0)
+    model = torch.nn.Linear(dim, classes, bias=False).double()
+    with torch.no_grad():
+        model.weight.copy_(0.01 * torch.randn(classes, dim, generator=generator,
+                                              dtype=torch.float64))
+    return model, torch.randn(32, dim, generator=generator, dtype=torch.float64)
+
+
+def test_bootstrap_removes_the_bias_of_a_crowded_spectrum():
+    model, x = _crowded_linear_model()
+    spectrum = fisher_eigenvalues(model, x)
+    assert float((spectrum[:, 5] / spectrum[:, 0]).min()) > 0.7          # crowded top
+    exact = spectrum[:, 0]
+    plain = blackbox_fisher_top_eigenvalue(_proba(model), x, 100, debias=False,
+                                           generator=torch.Generator().manual_seed(1))
+    corrected = blackbox_fisher_top_eigenvalue(_proba(model), x, 100,
+                                               generator=torch.Generator().manual_seed(1))
+    plain_error, error = (plain.values - exact) / exact, (corrected.values - exact) / exact
+    spread = float(plain_error.std()) / math.sqrt(len(exact))   # standard error of a mean
+    assert float(plain_error.mean()) > 10 * spread               # significantly biased up
+    # the bootstrap is second-order accurate: it leaves a fraction of the bias
+    assert abs(float(error.mean())) < 0.2 * float(plain_error.mean())
+    torch.testing.assert_close(corrected.values, plain.values - corrected.bias)
+    assert bool((corrected.bias > 0).all()) and bool((corrected.bias <= plain.values / 2).all())
+    # the reported standard error is of the size of the spread it reports on
+    ratio = float((corrected.standard_error / corrected.values).mean()) / float(error.std())
+    assert 0.5 < ratio < 3
 
 
 @pytest.mark.parametrize("method,difference,budget,used", [
@@ -102,14 +139,30 @@ def test_float32_black_box_uses_a_dtype_step():
     torch.testing.assert_close(result.values, exact, rtol=5e-3, atol=0)
 
 
-def test_debias_lowers_the_estimate():
+def test_debias_lowers_the_estimate_by_at_most_half():
     model, x = build("dense-concat", batch=4)
     kwargs = dict(queries=9, generator=torch.Generator().manual_seed(0))
-    raw = blackbox_fisher_top_eigenvalue(_proba(model), x, **kwargs)
+    raw = blackbox_fisher_top_eigenvalue(_proba(model), x, debias=False, **kwargs)
     kwargs["generator"] = torch.Generator().manual_seed(0)
-    corrected = blackbox_fisher_top_eigenvalue(_proba(model), x, debias=True, **kwargs)
+    corrected = blackbox_fisher_top_eigenvalue(_proba(model), x, **kwargs)
     assert bool((corrected.values < raw.values).all())
     assert bool((corrected.values >= raw.values / 2).all())
+
+
+def test_device_argument_moves_the_queries():
+    model, x = build("mlp")
+    seen = []
+
+    def predict_proba(z):
+        seen.append(z.device)
+        return _proba(model)(z)
+
+    kwargs = dict(queries=13, generator=torch.Generator().manual_seed(0))
+    default = blackbox_fisher_top_eigenvalue(_proba(model), x, **kwargs)
+    kwargs["generator"] = torch.Generator().manual_seed(0)
+    on_cpu = blackbox_fisher_top_eigenvalue(predict_proba, x, device="cpu", **kwargs)
+    assert set(seen) == {torch.device("cpu")}
+    torch.testing.assert_close(on_cpu.values, default.values, rtol=0, atol=0)
 
 
 @pytest.mark.montecarlo
@@ -168,6 +221,9 @@ def test_bad_input():
            difference="backward")
     _error(r"expected predict_proba to be callable", predict_proba=3)
     _error(r"expected step to be a positive number, got -1", step=-1)
+    _error(r"expected num_bootstrap to be an integer >= 2, got 1", num_bootstrap=1)
+    _error(r"blackbox_fisher_top_eigenvalue: expected a device 'cpu', 'cuda', 'cuda:N', "
+           r"'mps' or 'auto', got 'tpu'\.$", device="tpu")
 
 
 def _rounding_tolerance(result, model, x):
@@ -203,3 +259,12 @@ def test_perturbations_are_evaluated_in_chunks(monkeypatch):
     assert bool(((chunked.values - whole.values).abs()
                  <= tolerance * whole.values).all())
     assert sum(counter.calls) == 3 * 40 and max(counter.calls) <= 15
+
+
+@pytest.mark.parametrize("count,classes", [(3, 7), (7, 3), (5, 5)])
+def test_sketch_spectrum_from_the_smaller_gram_matrix(count, classes):
+    from numeric.fisher.sketch import sketch_spectrum
+    samples = torch.randn(2, count, classes, dtype=torch.float64,
+                          generator=torch.Generator().manual_seed(count))
+    dense = torch.linalg.eigvalsh(samples.transpose(1, 2) @ samples / count).flip(-1)
+    torch.testing.assert_close(sketch_spectrum(samples), dense, rtol=0, atol=1e-12)
