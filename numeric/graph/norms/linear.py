@@ -15,7 +15,7 @@ from torch import nn
 from numeric.errors import InputError
 
 __all__ = ["CERTIFICATION_FACTOR", "UNIT_ROUNDOFF", "gamma", "linear_operator_norm",
-           "spectral_norms"]
+           "power_of_two_scale", "spectral_norms"]
 
 #: Relative inflation applied to every certified float64 norm. The rounding error of a
 #: Gram matrix with inner dimension m and of its Hermitian eigensolver is at most about
@@ -43,16 +43,30 @@ def gamma(n: int) -> float:
     return product / (1.0 - product)
 
 
+def power_of_two_scale(tensor: torch.Tensor, exponents: torch.Tensor) -> torch.Tensor:
+    """``tensor * 2**exponents`` in two exact half steps (one factor ``2**e`` with
+    ``|e| > 1023`` is not a float64)."""
+    half = torch.div(exponents, 2, rounding_mode="floor")
+    return torch.ldexp(torch.ldexp(tensor, half), exponents - half)
+
+
 def spectral_norms(matrices: torch.Tensor) -> torch.Tensor:
     """Largest singular value of each matrix in a batch (B, m, n), through the smaller Gram.
 
-    Not inflated: callers multiply by :data:`CERTIFICATION_FACTOR`.
+    Each matrix is first scaled by the power of two that brings its largest entry into
+    [1/2, 1), so the Gram matrix neither overflows nor underflows; entries that underflow
+    in that scaling change the norm by less than ``sqrt(mn) 2**-1074`` of its value (the
+    norm is at least the largest entry). Not inflated: callers multiply by
+    :data:`CERTIFICATION_FACTOR`.
     """
     if matrices.shape[-2] > matrices.shape[-1]:
         matrices = matrices.mH
-    gram = matrices @ matrices.mH
-    top = torch.linalg.eigvalsh(gram)[..., -1]
-    return top.clamp_min(0).sqrt()
+    largest = matrices.abs().amax(dim=(-2, -1), keepdim=True)
+    exponents = torch.frexp(largest.real if largest.is_complex() else largest).exponent
+    scaled = power_of_two_scale(matrices, -exponents)
+    gram = scaled @ scaled.mH
+    top = torch.linalg.eigvalsh(gram)[..., -1].clamp_min(0).sqrt()
+    return power_of_two_scale(top, exponents.reshape(top.shape))
 
 
 def linear_operator_norm(weight: torch.Tensor | nn.Module) -> float:

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 import torch
 
 from numeric.errors import ConvergenceError
-from numeric.graph.norms.linear import UNIT_ROUNDOFF, gamma
+from numeric.graph.norms.linear import UNIT_ROUNDOFF, gamma, power_of_two_scale
 
 __all__ = ["certified_symbol_maximum", "grid_frequencies", "torus_frequencies",
            "torus_points", "ESTIMATE_SLACK"]
@@ -256,16 +256,15 @@ def _spread_order(count: int, first: int) -> torch.Tensor:
 def _scale(kernel: torch.Tensor) -> tuple[torch.Tensor, int, float]:
     """``kernel * 2**-e`` with its largest entry in [1/2, 1), ``e``, and a bound on the norm
     of what the scaling lost: exact unless entries underflow, each by < 2**-1075 (scaled),
-    and a kernel E with entries below x has symbol norms <= sum_t ||E_t|| <= |t| sqrt(ad) x."""
+    and a kernel E with entries below x has symbol norms <= sum_t ||E_t|| <= |t| sqrt(ad) x.
+    Weights within 2**+-400 are left alone (their squares stay far from overflow, and the
+    Gram kernel's absolute term bounds underflow)."""
     exponent = int(torch.frexp(kernel.abs().max()).exponent)
-    if abs(exponent) <= 400:      # squares stay far from overflow; underflow is bounded
-        return kernel, 0, 0.0     # by the Gram kernel's absolute term
-    half = exponent // 2
-    scaled = torch.ldexp(torch.ldexp(kernel, torch.tensor(-half)),
-                         torch.tensor(half - exponent))      # two steps: 2**-e may overflow
-    restored = torch.ldexp(torch.ldexp(scaled, torch.tensor(exponent - half)),
-                           torch.tensor(half))
-    if torch.equal(restored, kernel):
+    if abs(exponent) <= 400:
+        return kernel, 0, 0.0
+    power = torch.tensor(exponent)
+    scaled = power_of_two_scale(kernel, -power)
+    if torch.equal(power_of_two_scale(scaled, power), kernel):
         return scaled, exponent, 0.0
     taps = math.prod(kernel.shape[3:])
     return scaled, exponent, math.ldexp(taps * math.sqrt(kernel.shape[1] * kernel.shape[2]),
