@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 import sympy
 
 from bounds.closed_forms import closed_form, depth_symbol
-from bounds.errors import FamilyError, UnboundSymbolError
-from bounds.families import FAMILIES, PRESETS
+from bounds.errors import ArgumentError, FamilyError
+from bounds.families.registry import all_presets, get_family, registered
 
 __all__ = ["PairCondition", "Ranking", "rank"]
 
@@ -331,30 +331,41 @@ def _jsonable(options: dict) -> dict:
             for key, value in options.items()}
 
 
-def _depth(value):
+def _parse_depth(value):
+    """A depth as written on a command line: ``"2,2,2,2"`` -> ``(2, 2, 2, 2)``, ``"16"`` ->
+    ``16``; anything else unchanged."""
     if isinstance(value, str) and "," in value:
         value = tuple(item.strip() for item in value.split(","))
     if isinstance(value, tuple | list):
-        return tuple(_depth(item) for item in value)
+        return tuple(_parse_depth(item) for item in value)
     if isinstance(value, str) and value.strip().isdigit():
         return int(value)
     return value
 
 
+def _family_name(name: str) -> str | None:
+    try:
+        return get_family(name).name
+    except FamilyError:
+        return None
+
+
 def _specs(families, depths, options) -> dict:
+    presets = all_presets()
     specs = {}
     for name in families:
         if name in specs:
             raise FamilyError(f"rank: entry {name!r} appears twice.")
-        if name in FAMILIES:
-            family, opts = name, {"depth": depth_symbol(f"n_{name}")}
-        elif name in PRESETS:
-            family, opts = PRESETS[name][0], dict(PRESETS[name][1])
+        family = _family_name(name) if isinstance(name, str) else None
+        if family is not None:
+            opts = {"depth": depth_symbol(f"n_{name}")}
+        elif name in presets:
+            family, opts = presets[name][0], dict(presets[name][1])
         else:
             raise FamilyError(f"rank: unknown family or preset {name!r}; known: "
-                              f"{', '.join((*FAMILIES, *PRESETS))}.")
+                              f"{', '.join((*registered(), *presets))}.")
         if name in depths:
-            opts["depth"] = _depth(depths[name])
+            opts["depth"] = _parse_depth(depths[name])
         opts.update(options.get(name, {}))
         opts.pop("shared", None)
         specs[name] = (family, opts)
@@ -375,7 +386,7 @@ def _numeric_values(values, symbols) -> dict:
     return result
 
 
-def rank(families: Sequence[str] = FAMILIES, depths: Mapping | None = None,
+def rank(families: Sequence[str] | None = None, depths: Mapping | None = None,
          values: Mapping | None = None, *, options: Mapping | None = None,
          symbol: str = "h") -> Ranking:
     r"""Order the bounds of several families under shared per-layer constants.
@@ -389,10 +400,11 @@ def rank(families: Sequence[str] = FAMILIES, depths: Mapping | None = None,
 
     Parameters
     ----------
-    families : sequence of str, default all four families
-        Family names (``vgg``, ``resnet``, ``densenet``, ``transformer``; symbolic depth)
-        or presets (``vgg16``, ``resnet18``, ``densenet121``, ``vit_b_16``, ...; their
-        depths) from :data:`bounds.PRESETS`.
+    families : sequence of str, optional
+        Family names or aliases (``vgg``, ``resnet``, ``densenet``, ``transformer``, and
+        any registered family; symbolic depth) or presets (``vgg16``, ``resnet18``,
+        ``densenet121``, ``vit_b_16``, ...; their depths) from :data:`bounds.PRESETS`.
+        Default: every registered family.
     depths : mapping, optional
         Entry -> depth: an int, a symbol name (entries given the same name share it, e.g.
         ``"n"``), or a tuple / comma-separated string of stage sizes.
@@ -412,7 +424,7 @@ def rank(families: Sequence[str] = FAMILIES, depths: Mapping | None = None,
     ------
     FamilyError
         If an entry is unknown or repeated, or a depth or option is invalid.
-    UnboundSymbolError
+    ArgumentError
         If ``values`` is not a mapping.
 
     Notes
@@ -439,8 +451,9 @@ def rank(families: Sequence[str] = FAMILIES, depths: Mapping | None = None,
     False
     """
     depths, options = dict(depths or {}), dict(options or {})
+    families = registered() if families is None else families
     if values is not None and not isinstance(values, Mapping):
-        raise UnboundSymbolError(f"rank: expected values to be a mapping, got {values!r}.")
+        raise ArgumentError(f"rank: expected values to be a mapping, got {values!r}.")
     specs = _specs(families, depths, options)
     bounds = {}
     for name, (family, opts) in specs.items():

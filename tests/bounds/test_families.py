@@ -123,3 +123,45 @@ def test_transformer_block_matches_theory_pre_ln_constant():
 def test_invalid_options(call, match):
     with pytest.raises(FamilyError, match=match):
         call()
+
+
+# --------------------------------------------------------------------------- VGG input size
+
+
+@pytest.mark.parametrize(("input_size", "factor"), [
+    (None, 7), (224, 1), ((224, 224), 1), (32, 7), (63, 7), (64, sympy.Rational(7, 2)),
+    (448, sympy.Rational(1, 2)), ((32, 224), sympy.sqrt(7)),
+], ids=["unknown", "224", "224x224", "32", "63", "64", "448", "32x224"])
+def test_vgg16_preset_includes_the_adaptive_pool(input_size, factor):
+    """torchvision's AdaptiveAvgPool2d((7, 7)) sees a (H/32)x(W/32) map; below 224 it
+    upsamples (norm 7 on a 1x1 map); unknown input size: that worst case."""
+    h = sympy.Symbol("h", positive=True)
+    options = {} if input_size is None else {"input_size": input_size}
+    derived = derive(bounds.preset("vgg16", shared=True, **options)).lipschitz
+    assert equal(derived, factor * h**16)
+    preset = dict(bounds.PRESETS["vgg16"][1])
+    assert equal(closed_form("vgg", preset.pop("depth"), shared=True, **preset, **options),
+                 derived)
+
+
+@pytest.mark.parametrize("input_size", [None, 8, 20, (10, 40)])
+@pytest.mark.parametrize("shared", [False, True], ids=["distinct", "shared"])
+def test_vgg_closed_form_with_adaptive_pool_equals_derived(input_size, shared):
+    options = {"adaptive_pool": (3, 3), "classifier_layers": 2, "pool_after": (1, 2)}
+    if input_size is not None:
+        options["input_size"] = input_size
+    for k in range(4, 8):
+        assert equal(closed_form("vgg", k, shared=shared, **options),
+                     derive(families.vgg(k, shared=shared, **options)).lipschitz)
+
+
+@pytest.mark.parametrize(("options", "match"), [
+    ({"input_size": 224}, "input_size only matters with adaptive_pool"),
+    ({"adaptive_pool": (7, 7), "input_size": 16}, "expected input_size of at least 32 pixels "
+                                                   "per side \\(5 2x2 poolings\\)"),
+    ({"adaptive_pool": (7, 7), "input_size": (224, 224, 3)}, "input_size with 2 entries"),
+    ({"adaptive_pool": (7, 0)}, "adaptive_pool to be an integer >= 1"),
+], ids=["no-pool", "too-small", "length", "zero-output"])
+def test_vgg_input_size_refusals(options, match):
+    with pytest.raises(FamilyError, match=match):
+        families.vgg(16, classifier_layers=3, pool_after=(2, 4, 7, 10, 13), **options)

@@ -136,7 +136,7 @@ def test_depths_options_and_to_dict():
     ({"families": ["vgg", "lenet"]}, FamilyError, "unknown family or preset 'lenet'"),
     ({"families": ["vgg", "vgg"]}, FamilyError, "entry 'vgg' appears twice"),
     ({"families": ["vgg"], "depths": {"resnet": 3}}, FamilyError, "given for 'resnet'"),
-    ({"families": ["vgg"], "values": [1]}, UnboundSymbolError, "values to be a mapping"),
+    ({"families": ["vgg"], "values": [1]}, bounds.ArgumentError, "values to be a mapping"),
     ({"families": ["vgg"], "depths": {"vgg": 0}}, FamilyError, "integer >= 1"),
 ], ids=["unknown", "twice", "depth-of-absent", "values-list", "depth-zero"])
 def test_errors(kwargs, error, match):

@@ -43,11 +43,19 @@ def test_vocabulary_matches_the_contract():
 
 
 def test_valid_chain_and_family_graphs_pass():
-    validate(chain("linear", "relu", "maxpool", "dropout",
-                   maxpool2={"params": {"kernel_size": [2, 2]}}))
-    for G in (bounds.vgg(3), bounds.resnet(2), bounds.densenet((2, 2)),
-              bounds.transformer(2, heads=2)):
-        validate(G)
+    """A valid graph validates, and its derived bound is the one its rules give."""
+    G = chain("linear", "relu", "maxpool", "dropout",
+              maxpool2={"params": {"kernel_size": [2, 2]}})
+    assert validate(G) is None
+    assert bounds.derive(G).lipschitz == sympy.Symbol("w", positive=True)
+    for family, builder, depth in (("vgg", bounds.vgg, 3), ("resnet", bounds.resnet, 2),
+                                   ("densenet", bounds.densenet, (2, 2)),
+                                   ("transformer", bounds.transformer, 2)):
+        options = {"heads": 2} if family == "transformer" else {}
+        G = builder(depth, **options)
+        assert validate(G) is None
+        assert sympy.simplify(bounds.derive(G).lipschitz - bounds.closed_form(
+            family, depth, **options)) == 0
 
 
 def test_not_a_digraph():
@@ -173,10 +181,14 @@ def test_unreachable_node():
 
 
 def test_constant_subgraphs_are_allowed():
+    """A branch fed only by a constant validates and contributes 0 to the bound."""
     G = chain("concat")
     G.add_nodes_from([("token", {"op": "constant"}), ("expand", {"op": "reshape"})])
     G.add_edges_from([("token", "expand"), ("expand", "concat0")])
-    validate(G)
+    assert validate(G) is None
+    bound = bounds.derive(G)
+    assert bound.node_constants["token"] == bound.node_constants["expand"] == 0
+    assert bound.lipschitz == 1  # sqrt(1**2 + 0**2)
 
 
 def test_weighted_op_needs_lipschitz():
@@ -258,8 +270,15 @@ def test_params_must_be_a_dict():
     ("maxpool", {"kernel_size": [3, 3], "ndim": 3}, r"expected 3 entries per size"),
     ("avgpool", {"kernel_size": 2, "ndim": True}, "expected ndim to be an integer >= 1, got "
                                                   "True"),
+    ("celu", {"alpha": -1}, r"expected alpha > 0 .*, got alpha=-1"),
+    ("elu", {"input_scale": -2}, r"expected input_scale >= 0 .*, got input_scale=-2"),
+    ("prelu", {"weight": []}, r"expected weight to hold at least one number"),
+    ("softplus", {"beta": 0}, r"expected beta > 0, got beta=0"),
+    ("adaptive_avgpool", {"output_size": [7, 7], "input_size": [0, 1]},
+     "expected input_size to be an integer >= 1, got 0"),
 ], ids=["maxpool-no-kernel", "leaky-relu-unknown", "avgpool-divisor", "avgpool-zero",
-        "length-mismatch", "ndim-mismatch", "bool-ndim"])
+        "length-mismatch", "ndim-mismatch", "bool-ndim", "celu-negative-alpha",
+        "elu-negative-input-scale", "prelu-empty", "softplus-beta", "adaptive-zero"])
 def test_theory_rejects_params(op, params, match):
     G = chain(op, **{f"{op}0": {"params": params}})
     with pytest.raises(GraphValidationError, match=f"node '{op}0' \\(op '{op}'\\) has params "
@@ -272,7 +291,7 @@ def test_pooling_params_that_do_not_change_the_constant_are_accepted():
         "kernel_size": [3, 3], "stride": [2, 2], "padding": [1, 1], "ceil_mode": True}},
         avgpool1={"params": {"kernel_size": 2, "padding": 1, "count_include_pad": True,
                              "ndim": 1}})
-    validate(G)
+    assert validate(G) is None
     assert node_lipschitz(G, "maxpool0") == 2
     assert node_lipschitz(G, "avgpool1") == sympy.sqrt(2) / 2
 
@@ -304,7 +323,7 @@ def test_pooling_states_its_dimension_by_ndim_lists_or_tuples():
               maxpool2={"params": {"kernel_size": (3,), "stride": (2,)}},
               avgpool3={"params": {"kernel_size": 2, "ndim": 1}},
               avgpool4={"params": {"kernel_size": [2, 2], "stride": [2, 2]}})
-    validate(G)
+    assert validate(G) is None
     assert node_lipschitz(G, "maxpool0") == node_lipschitz(G, "maxpool1") == 2
     assert node_lipschitz(G, "maxpool2") == sympy.sqrt(2)
     assert node_lipschitz(G, "avgpool3") == 1 / sympy.sqrt(2)
@@ -315,7 +334,7 @@ def test_pooling_with_its_own_lipschitz_needs_no_dimension():
     # theory does not read the params of a node whose constant is given
     G = chain("maxpool", maxpool0={"params": {"kernel_size": 3, "stride": 2},
                                    "lipschitz": 2})
-    validate(G)
+    assert validate(G) is None
     assert node_lipschitz(G, "maxpool0") == 2
 
 
@@ -337,4 +356,23 @@ def test_node_constants_of_every_kind():
     assert node_lipschitz(G, "select3") == 1
     assert node_lipschitz(G, "y") == 3
     G.nodes["linear0"]["lipschitz"] = math.inf
-    validate(G)
+    assert validate(G) is None and node_lipschitz(G, "linear0") == sympy.oo
+
+
+def test_every_theory_activation_is_an_op_with_its_parameters():
+    import theory
+    unit = {"identity", "dropout", "flatten", "reshape", "permute", "select"}
+    assert {op for op, spec in OPS.items() if spec.kind == "activation"} == set(
+        theory.ACTIVATIONS) - unit
+    G = chain("prelu", "celu", "selu", "adaptive_avgpool",
+              prelu0={"params": {"weight": [0.25, -3.0]}}, celu1={"params": {"alpha": 0.5}},
+              adaptive_avgpool3={"params": {"output_size": [7, 7], "input_size": [1, 1]}})
+    assert validate(G) is None
+    assert float(node_lipschitz(G, "prelu0")) == 3.0
+    assert node_lipschitz(G, "celu1") == 1
+    assert node_lipschitz(G, "selu2") == theory.activation_lipschitz("selu")
+    assert node_lipschitz(G, "adaptive_avgpool3") == 7
+    G.nodes["adaptive_avgpool3"]["params"] = {"output_size": 7}
+    with pytest.raises(GraphValidationError, match="expected output_size as lists with one "
+                                                   "entry per spatial dimension"):
+        validate(G)
