@@ -22,6 +22,10 @@ Methods:  auto (exact for K <= 32, else Lanczos), exact, lanczos, power (the pap
 Models:   torchvision:NAME (random init unless --weights), fimbound:NAME, FILE.py:FACTORY
 Data:     digits | lfw | folder:PATH | cifar10:PATH | npz:PATH (MedMNIST arrays)
 
+Black-box estimates carry a standard error and the bias correction subtracted (a
+parametric bootstrap; --no-debias reports the plain sketch). --device cpu | cuda | cuda:N
+| auto picks where the model runs; every path computes without autocast or TF32.
+
 Writes DIR/results.json atomically (the document --json prints). Samples are processed
 in chunks that are logged as they finish, so an interrupted run resumes where it stopped.
 
@@ -60,6 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--queries", type=int, default=200,
                         help="black-box evaluations per input, base point included "
                              "(default: 200)")
+    parser.add_argument("--no-debias", action="store_true",
+                        help="blackbox: report the plain sketch, without the bootstrap "
+                             "bias correction")
     parser.add_argument("--trace", choices=TRACES, default="none",
                         help="also estimate tr F(x) (default: none)")
     parser.add_argument("--num-probes", type=int, default=64,
@@ -100,12 +107,15 @@ def _estimate_chunk(model, x, args, generator) -> tuple[list[dict], str]:
                 return torch.softmax(model(z), dim=-1)
         method = "sketch" if args.method == "blackbox" else "max_rayleigh"
         result = blackbox_fisher_top_eigenvalue(predict_proba, x, args.queries, method=method,
+                                                debias=not args.no_debias,
                                                 generator=generator)
         for i, r in enumerate(records):
             r.update(lambda_max=float(result.values[i]), converged=True,
                      queries=int(result.queries[i]))
             if result.standard_error is not None:
                 r["standard_error"] = float(result.standard_error[i])
+            if result.bias is not None:
+                r["bias_correction"] = float(result.bias[i])
         resolved = args.method
     else:
         values, diagnostics = fisher_top_eigenvalue(
@@ -185,13 +195,15 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from numeric.data import load_data
+    from numeric.device import resolve_device
     from numeric.loading import load_model
     from numeric.report import write_json_atomic
     from numeric.runner import (ResultLog, chunk_generator, evaluate_chunks, gather_records,
                                 run_context, run_key)
 
     _check_arguments(args)
-    ctx = run_context(args.device, True if args.distributed else None)
+    device = str(resolve_device(args.device, caller="estimate"))
+    ctx = run_context(device, True if args.distributed else None)
     data = load_data(args.data, samples=args.samples, split="test", seed=args.seed,
                      size=args.size)
     model = load_model(args.model, args.weights, num_classes=data.num_classes,
@@ -200,8 +212,8 @@ def run(args: argparse.Namespace) -> int:
         (t.dtype for t in model.parameters() if t.is_floating_point()), torch.float32)
     model = model.to(dtype)
     settings = {key: getattr(args, key) for key in
-                ("method", "k", "tol", "max_iter", "queries", "trace", "num_probes", "dtype",
-                 "chunk_size", "seed", "samples", "size")}
+                ("method", "k", "tol", "max_iter", "queries", "no_debias", "trace",
+                 "num_probes", "dtype", "chunk_size", "seed", "samples", "size")}
     key = run_key(model=args.model, weights=file_fingerprint(args.weights), data=args.data,
                   **settings)
     out = Path(args.out)

@@ -89,3 +89,38 @@ def test_estimate_bad_input(tmp_path, capsys, model_spec):
     status, _, stderr = _run(capsys, "--model", f"{model_spec}:build", "--method", "power",
                              "--k", "2", "--out", str(tmp_path))
     assert status == 2 and "--k 2 needs --method auto, exact or lanczos" in stderr
+
+
+def test_estimate_blackbox_reports_its_standard_error_and_correction(tmp_path, capsys,
+                                                                     model_spec):
+    for flags, corrected in (([], True), (["--no-debias"], False)):
+        out = tmp_path / str(corrected)
+        status, stdout, _ = _run(capsys, "--model", f"{model_spec}:build", "--samples", "4",
+                                 "--method", "blackbox", "--queries", "41", "--out",
+                                 str(out), "--json", *flags)
+        assert status == 0
+        records = json.loads(stdout)["records"]
+        assert all(r["standard_error"] > 0 for r in records)
+        assert all(("bias_correction" in r) == corrected for r in records)
+
+
+def test_estimate_on_an_explicit_device(tmp_path, capsys, model_spec):
+    status, stdout, _ = _run(capsys, "--model", f"{model_spec}:build", "--samples", "3",
+                             "--device", "CPU", "--out", str(tmp_path), "--json")
+    assert status == 0 and json.loads(stdout)["device"] == "cpu"
+
+
+@pytest.mark.parametrize("device,message", [
+    ("tpu", "fimbound estimate: error: estimate: expected a device 'cpu', 'cuda', 'cuda:N', 'mps' "
+            "or 'auto', got 'tpu'."),
+    ("cuda", "fimbound estimate: error: estimate: expected an available device, got 'cuda' "
+             "but torch sees no CUDA device (torch.cuda.is_available() is False); use 'cpu' or "
+             "'auto'."),
+])
+def test_estimate_refuses_a_device_in_one_line(tmp_path, capsys, model_spec, monkeypatch,
+                                               device, message):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    status, stdout, stderr = _run(capsys, "--model", f"{model_spec}:build", "--samples", "3",
+                                  "--device", device, "--out", str(tmp_path))
+    assert status == 2 and stdout == ""
+    assert stderr.strip().splitlines() == [message]
