@@ -162,13 +162,13 @@ def run_key(**settings) -> str:
 
 
 class ResultLog:
-    """Append-only JSON-lines log of per-chunk records for one run and one rank.
+    """Append-only JSON-lines log of per-chunk records for one run and one process.
 
-    Each line is ``{"chunk": c, "records": [...]}``; a line cut short by a kill is ignored.
-    With a ``header`` (a JSON-able dict naming what the records were computed from, e.g.
-    the hash of the model's weights and the settings), the first line is
-    ``{"header": header}`` and a log whose header differs is refused instead of being
-    mixed with new results.
+    Each line is ``{"chunk": c, "records": [...]}``; a line cut short by a kill is ignored
+    (and the next append starts on a new line). With a ``header`` (a JSON-able dict naming
+    what the records were computed from, e.g. the hash of the model's weights and the
+    settings), the file starts with ``{"header": header}`` and a log whose header differs
+    is refused instead of being mixed with new results.
 
     Parameters
     ----------
@@ -187,39 +187,50 @@ class ResultLog:
         self.path = Path(path)
         self.header = None if header is None else json.loads(json.dumps(header, default=str))
 
-    def _lines(self) -> list[str]:
-        return self.path.read_text().splitlines() if self.path.exists() else []
-
-    def done(self) -> dict[int, list[dict]]:
-        """Chunks already completed: ``{chunk_id: records}``."""
-        finished: dict[int, list[dict]] = {}
-        for number, line in enumerate(self._lines()):
+    def _entries(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        entries = []
+        for line in self.path.read_text().splitlines():
             try:
                 entry = json.loads(line)
             except json.JSONDecodeError:
                 continue  # the chunk in flight when the run was killed
-            if not isinstance(entry, dict):
-                continue
-            if "header" in entry:
-                if number == 0 and self.header is not None and entry["header"] != self.header:
-                    raise InputError(
-                        f"ResultLog: expected {str(self.path)!r} to hold results of "
-                        f"{self.header}, got results of {entry['header']}; refusing to mix "
-                        f"them (delete the file or rerun with --no-resume).")
-                continue
-            if "chunk" in entry and "records" in entry:
-                finished[int(entry["chunk"])] = entry["records"]
-        return finished
+            if isinstance(entry, dict):
+                entries.append(entry)
+        return entries
+
+    def recorded_header(self) -> dict | None:
+        """The header the file holds (``None``: no file, or none written yet)."""
+        return next((e["header"] for e in self._entries() if "header" in e), None)
+
+    def done(self) -> dict[int, list[dict]]:
+        """Chunks already completed: ``{chunk_id: records}``."""
+        entries = self._entries()
+        recorded = next((e["header"] for e in entries if "header" in e), None)
+        if self.header is not None and recorded is not None and recorded != self.header:
+            raise InputError(
+                f"ResultLog: expected {str(self.path)!r} to hold results of {self.header}, "
+                f"got results of {recorded}; refusing to mix them (delete the file or rerun "
+                f"with --no-resume).")
+        return {int(e["chunk"]): e["records"] for e in entries
+                if "chunk" in e and "records" in e}
 
     def append(self, chunk_id: int, records: list[dict]) -> None:
         """Append one finished chunk and force it to disk."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         lines = []
-        if self.header is not None and not self._lines():
+        if self.header is not None and self.recorded_header() is None:
             lines.append(json.dumps({"header": self.header}))
         lines.append(json.dumps({"chunk": chunk_id, "records": records}))
+        text = "\n".join(lines) + "\n"
+        if self.path.exists() and self.path.stat().st_size:
+            with self.path.open("rb") as handle:
+                handle.seek(-1, os.SEEK_END)
+                if handle.read(1) != b"\n":  # a line cut short by a kill
+                    text = "\n" + text
         with self.path.open("a") as handle:
-            handle.write("\n".join(lines) + "\n")
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
 
@@ -238,13 +249,17 @@ def gather_records(records: list[dict], ctx: RunContext) -> list[dict] | None:
 
 def evaluate_chunks(compute: Callable[[int, range], list[dict]], num_samples: int, *,
                     chunk_size: int, ctx: RunContext, log: ResultLog | None = None,
-                    progress: Callable[[Iterable], Iterator] | None = None) -> list[dict]:
-    """Run ``compute(chunk_id, indices)`` on this rank's chunks not yet in ``log``.
+                    progress: Callable[[Iterable], Iterator] | None = None,
+                    finished: dict[int, list[dict]] | None = None) -> list[dict]:
+    """Run ``compute(chunk_id, indices)`` on this rank's chunks not yet done.
 
     Returns this rank's records (resumed and new). ``progress`` wraps the iterable of
-    chunks (for a tqdm bar).
+    chunks (for a tqdm bar). ``finished`` gives the chunks already done (``{chunk:
+    records}``, e.g. from the logs of every rank of an earlier run with another number of
+    processes); default: those in ``log``.
     """
-    finished = log.done() if log is not None else {}
+    if finished is None:
+        finished = log.done() if log is not None else {}
     mine = chunks(num_samples, chunk_size, ctx)
     records: list[dict] = []
     todo = []

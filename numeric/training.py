@@ -42,6 +42,7 @@ from torch import nn
 from numeric.errors import InputError
 
 __all__ = ["TrainingConfig", "train", "trained_model", "trained_models", "training_config",
+           "available_cores",
            "accuracy", "cache_directory", "TRAINING_VERSION", "ADVERSARIAL_EPS",
            "ADVERSARIAL_NORM", "DEFAULT_EPOCHS"]
 
@@ -357,7 +358,8 @@ def _train_in_worker(job: tuple[str, bool, int, str | None]) -> str:
     return name
 
 
-def _available_cores() -> int:
+def available_cores() -> int:
+    """CPU cores this process may run on."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
@@ -396,7 +398,7 @@ def trained_models(wanted: list[tuple[str, bool]], *, seed: int = 0,
 
     key_dir = None if cache_dir is None else str(cache_dir)
     missing = [(n, a) for n, a in dict.fromkeys(wanted) if not _cached(n, a, seed, cache_dir)]
-    workers = min(workers or _available_cores(), len(missing))
+    workers = min(workers or available_cores(), len(missing))
     if workers > 1:
         jobs = sorted(missing, key=lambda job: not job[1])  # adversarial first
         bar = _progress(len(jobs), progress, f"{len(jobs)} models in {workers} processes",

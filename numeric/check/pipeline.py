@@ -56,13 +56,16 @@ EXACT_SPECTRUM_MAX_CLASSES = 64
 @dataclass
 class ModelToCheck:
     """A model handed to a check: display name, ``--model`` spec, module (eval mode, on the
-    run's device) and, when known, how it was trained (``"pgd"`` or ``"normal"``; default:
-    the module's ``fimbound_training`` attribute)."""
+    run's device), when known how it was trained (``"pgd"`` or ``"normal"``; default: the
+    module's ``fimbound_training`` attribute), and optionally a ``recipe``: a picklable
+    function with no arguments that builds the same module again (on the CPU), which lets
+    :mod:`numeric.check.workers` compute it in another process."""
 
     name: str
     spec: str
     module: nn.Module
     training: str | None = None
+    recipe: Callable[[], nn.Module] | None = None
 
 
 @dataclass

@@ -110,21 +110,17 @@ def exit_status(result: CheckResult) -> int:
 
 
 def _evaluate(model, store: RunStore, key: str, material: dict, x, y, settings, ctx,
-              announce: Announcer, run: RunInfo) -> ModelResult | None:
-    """One model: constants (traced once, or read back), then its chunks, logged."""
+              announce: Announcer) -> ModelResult | None:
+    """One model: constants (traced once, or read back), then the chunks no process has
+    logged yet, logged as they finish."""
     import torch
 
     from numeric.check.pipeline import measure_chunk, model_info
     from numeric.runner import chunk_generator, chunks, evaluate_chunks, gather_records
 
-    log = store.log(key, material, ctx.rank)
-    total = -(-len(x) // settings.chunk_size)
-    done = store.chunks_done(key)
-    if done and ctx.is_main:
-        announce.note(f"{model.name}: resumed {len(done)}/{total} chunks from "
-                      f"{store.root / key}")
-    mine_done = log.done()
-    todo = [(c, r) for c, r in chunks(len(x), settings.chunk_size, ctx) if c not in mine_done]
+    log = store.log(key, material, f"rank{ctx.rank}")
+    finished = store.chunks_done(key)
+    todo = [(c, r) for c, r in chunks(len(x), settings.chunk_size, ctx) if c not in finished]
     info, traced, bar = store.read_info(key), None, None
     if todo or info is None:
         if ctx.is_main:
@@ -148,19 +144,32 @@ def _evaluate(model, store: RunStore, key: str, material: dict, x, y, settings, 
 
     try:
         records = evaluate_chunks(compute, len(x), chunk_size=settings.chunk_size, ctx=ctx,
-                                  log=log)
+                                  log=log, finished=finished)
     finally:
         if bar is not None:
             bar.close()
-    run.resumed += len(done) if ctx.is_main else 0
     records = gather_records(records, ctx)
     return ModelResult(info=info, records=records) if ctx.is_main else None
+
+
+def _keys(models, data, settings, store: RunStore, device: str, data_key: dict | None
+          ) -> list[tuple]:
+    from numeric.check.pipeline import weights_hash
+    data_key = {**(data_key or {"data": data.name}), "samples": len(data.x)}
+    keyed = []
+    for model in models:
+        material = model_key_material(weights_hash(model.module), model.spec, data_key,
+                                      settings, device)
+        material["num_classes"] = data.num_classes
+        keyed.append((model, store.key(material), material))
+    return keyed
 
 
 def run_check(models: Sequence, data, settings: CheckSettings, *, out: str | os.PathLike,
               ctx=None, resume: bool = True, data_key: dict | None = None,
               command: str = "", announce: Announcer | None = None,
-              seconds: dict[str, float] | None = None) -> CheckResult | None:
+              seconds: dict[str, float] | None = None, workers: int = 1
+              ) -> CheckResult | None:
     """Check every model on ``data``; log, analyse and write the report in ``out``.
 
     Parameters
@@ -186,6 +195,9 @@ def run_check(models: Sequence, data, settings: CheckSettings, *, out: str | os.
         Progress bars and notes (default: both on stderr).
     seconds : dict, optional
         Times of stages before this call (loading), recorded in the report.
+    workers : int
+        Processes computing models (or parts of one) side by side on the CPU
+        (:mod:`numeric.check.workers`; only models with a ``recipe``); 1: all here.
 
     Returns
     -------
@@ -197,7 +209,8 @@ def run_check(models: Sequence, data, settings: CheckSettings, *, out: str | os.
         A model that cannot be checked on the data (before anything is computed), an
         unwritable ``out``, or a results log of other weights under the same key.
     """
-    from numeric.check.pipeline import validate_model, weights_hash
+    from numeric.check.pipeline import validate_model
+    from numeric.check.workers import compute_in_workers
     from numeric.runner import RunContext
 
     ctx = ctx or RunContext(device=data.x.device)
@@ -209,37 +222,39 @@ def run_check(models: Sequence, data, settings: CheckSettings, *, out: str | os.
     for model in models:
         validate_model(model.name, model.module, x, data.num_classes)
     store = RunStore(out)
-    data_key = {**(data_key or {"data": data.name}), "samples": len(x)}
-    device = str(getattr(ctx.device, "type", ctx.device))
-    keyed = []
-    for model in models:
-        material = model_key_material(weights_hash(model.module), model.spec, data_key,
-                                      settings, device)
-        material["num_classes"] = data.num_classes
-        key = store.key(material)
-        if not resume and ctx.is_main:
-            for path in (store.root / key).glob("samples.rank*.jsonl"):
-                path.unlink()
-        keyed.append((model, key, material))
+    keyed = _keys(models, data, settings, store, str(getattr(ctx.device, "type", ctx.device)),
+                  data_key)
+    total = -(-len(x) // settings.chunk_size)
     run = RunInfo(command=command, versions=versions(), device=str(ctx.device),
-                  run_key=store.key({"models": [k for _, k, _ in keyed]}))
+                  run_key=store.key({"models": [k for _, k, _ in keyed]}),
+                  chunks_total=total * len(keyed), chunks_done=total * len(keyed))
     if ctx.is_main:
+        if not resume:
+            for _, key, _ in keyed:
+                for path in (store.root / key).glob("samples.*.jsonl"):
+                    path.unlink()
         store.write_manifest(settings=settings, data_name=data.name, num_samples=len(x),
                              models=[(m.name, m.spec, k) for m, k, _ in keyed], run=run)
         announce.note(f"results are logged in {store.root} as they are computed; if the "
                       f"run stops (Ctrl-C), rerun the same command to resume")
+        for model, key, _ in keyed:
+            done = len(store.chunks_done(key))
+            run.resumed += done
+            if done:
+                announce.note(f"{model.name}: resumed {done}/{total} chunks from "
+                              f"{store.root / key}")
     if ctx.distributed:
         import torch.distributed as dist
         dist.barrier()  # every rank sees the cleared logs
     seconds["validate"] = time.perf_counter() - start
     start = time.perf_counter()
-    results = [_evaluate(model, store, key, material, x, y, settings, ctx, announce, run)
+    if workers > 1 and not ctx.distributed and ctx.is_main:
+        compute_in_workers(keyed, x.cpu(), y.cpu(), settings, store, workers, announce)
+    results = [_evaluate(model, store, key, material, x, y, settings, ctx, announce)
                for model, key, material in keyed]
     seconds["models"] = time.perf_counter() - start
     if not ctx.is_main:
         return None
-    run.chunks_total = run.chunks_done = sum(
-        -(-len(x) // settings.chunk_size) for _ in keyed)
     result = CheckResult(settings=settings, data_name=data.name, models=results, run=run)
     return _finish(result, out, seconds)
 

@@ -5,7 +5,8 @@ Layout under the output folder ``OUT``::
 
     OUT/.progress/run.json                    the latest run: settings, data, models, provenance
     OUT/.progress/<key>/info.json             one model's constants (ModelInfo)
-    OUT/.progress/<key>/samples.rank<r>.jsonl its per-sample records, one chunk per line
+    OUT/.progress/<key>/samples.<w>.jsonl    its per-sample records, one chunk per line, one file
+                                          per process that wrote (rank0, worker1, ...)
 
 ``<key>`` hashes everything a model's numbers depend on: the hash of its weights, its
 specification, the data (specification, size, channels, samples), the computing settings
@@ -64,9 +65,10 @@ class RunStore:
                            "models": [{"name": n, "spec": s, "key": k} for n, s, k in models]},
                           self.root / "run.json")
 
-    def log(self, key: str, material: dict, rank: int) -> ResultLog:
-        """The per-sample log of one model on one rank (refuses another key's records)."""
-        return ResultLog(self.root / key / f"samples.rank{rank}.jsonl",
+    def log(self, key: str, material: dict, writer: str) -> ResultLog:
+        """The per-sample log one process (``writer``: ``"rank0"``, ``"worker1"``, ...)
+        writes for one model; it refuses a file holding another key's records."""
+        return ResultLog(self.root / key / f"samples.{writer}.jsonl",
                          header={"key": key, **material})
 
     def write_info(self, key: str, info: ModelInfo) -> None:
@@ -84,10 +86,26 @@ class RunStore:
                              f"unreadable JSON ({err}).") from err
 
     def chunks_done(self, key: str) -> dict[int, list[dict]]:
-        """Every rank's finished chunks of one model: ``{chunk: records}``."""
+        """The finished chunks of one model in every process's log: ``{chunk: records}``.
+
+        Raises
+        ------
+        InputError
+            A log under this key holds another key's records.
+        """
         done: dict[int, list[dict]] = {}
-        for path in sorted((self.root / key).glob("samples.rank*.jsonl")):
-            done.update(ResultLog(path).done())
+        for path in sorted((self.root / key).glob("samples.*.jsonl")):
+            log = ResultLog(path)
+            header, chunks = log.recorded_header(), log.done()
+            if header is None and not chunks:
+                continue  # killed before its first chunk was written
+            material = {k: v for k, v in (header or {}).items() if k != "key"}
+            if header is None or header.get("key") != key or run_key(**material) != key:
+                raise InputError(
+                    f"check: expected {str(path)!r} to hold results of the model and "
+                    f"settings keyed {key}, got {header.get('key') if header else 'no key'}"
+                    f"; refusing to mix them (delete the file or rerun with --no-resume).")
+            done.update(chunks)
         return done
 
     def manifest(self) -> dict:

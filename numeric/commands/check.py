@@ -33,8 +33,10 @@ examples:
 exit status: 0 sound, 3 soundness violation, 2 bad input (nothing computed), 1 a bug."""
 
 
-def add_check_options(parser: argparse.ArgumentParser, defaults=None) -> None:
-    """Sample and attack settings shared with ``demo`` (``defaults``: a CheckSettings)."""
+def add_check_options(parser: argparse.ArgumentParser, defaults=None,
+                      workers: str = "1") -> None:
+    """Sample and attack settings shared with ``demo`` (``defaults``: a CheckSettings;
+    ``workers``: the default of ``--workers`` as shown in the help)."""
     from numeric.check.results import CheckSettings
     d = defaults or CheckSettings()
     parser.add_argument("--samples", type=int, default=d.samples,
@@ -58,6 +60,9 @@ def add_check_options(parser: argparse.ArgumentParser, defaults=None) -> None:
     parser.add_argument("--chunk-size", type=int, default=d.chunk_size,
                         help=f"samples per unit of work and of resumption "
                              f"(default: {d.chunk_size})")
+    parser.add_argument("--workers", type=int, default=None,
+                        help=f"processes computing models (or parts of one) side by side "
+                             f"on the CPU; the numbers do not change (default: {workers})")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -99,6 +104,8 @@ def settings_from(args: argparse.Namespace):
         raise InputError(f"check: expected positive finite PGD radii, got {radii}.")
     if args.seed < 0:
         raise InputError(f"check: expected --seed >= 0, got {args.seed}.")
+    if args.workers is not None and args.workers < 1:
+        raise InputError(f"check: expected --workers >= 1, got {args.workers}.")
     return CheckSettings(samples=args.samples, chunk_size=args.chunk_size, seed=args.seed,
                          queries=args.queries, attack_steps=args.attack_steps,
                          attack_restarts=args.attack_restarts, pgd_l2=tuple(args.pgd_l2),
@@ -114,6 +121,8 @@ def announcer(args: argparse.Namespace, ctx):
 
 
 def run(args: argparse.Namespace) -> int:
+    import functools
+
     from numeric.check.pipeline import ModelToCheck
     from numeric.check.run import command_line, ensure_writable, run_check
     from numeric.data import load_data
@@ -140,13 +149,16 @@ def run(args: argparse.Namespace) -> int:
     for name, spec, path in zip(names, args.model, args.weights or [None] * len(names)):
         module = load_model(spec, path, num_classes=data.num_classes, device=ctx.device,
                             seed=settings.seed)
-        models.append(ModelToCheck(name=name, spec=spec, module=module))
+        recipe = functools.partial(load_model, spec, path, num_classes=data.num_classes,
+                                   seed=settings.seed)
+        models.append(ModelToCheck(name=name, spec=spec, module=module, recipe=recipe))
     loading = time.perf_counter() - start
     result = run_check(models, data, settings, out=out, ctx=ctx, resume=not args.no_resume,
                        data_key={"data": args.data, "size": args.size,
                                  "channels": args.channels, "seed": settings.seed},
                        command=command_line(getattr(args, "argv", None)),
-                       announce=announcer(args, ctx), seconds={"load": loading})
+                       announce=announcer(args, ctx), seconds={"load": loading},
+                       workers=args.workers or 1)
     if result is None:  # not rank 0
         return 0
     return print_outcome(result, out / "report.md", as_json=args.json)

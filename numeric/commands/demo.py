@@ -43,10 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip the adversarially trained models")
     parser.add_argument("--cache-dir", default=None,
                         help="weights cache (default: $FIMBOUND_CACHE or ~/.cache/fimbound)")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="training processes (default: one per available core, at most "
-                             "one per model)")
-    add_check_options(parser, _demo_settings())
+    add_check_options(parser, _demo_settings(), workers="one per core")
     add_run_options(parser, default_out="fimbound-demo")
 
 
@@ -60,16 +57,16 @@ def _model_names(families: list[str]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    import functools
+
     from numeric.check.pipeline import ModelToCheck
     from numeric.check.run import command_line, ensure_writable, run_check
     from numeric.data import load_data
     from numeric.errors import InputError
     from numeric.runner import run_context
-    from numeric.training import trained_models
+    from numeric.training import available_cores, trained_model, trained_models
 
     settings = settings_from(args)
-    if args.workers is not None and args.workers < 1:
-        raise InputError(f"demo: expected --workers >= 1, got {args.workers}.")
     if not args.families:
         raise InputError("demo: expected at least one family after --families, got none.")
     out = ensure_writable(args.out)
@@ -80,11 +77,17 @@ def run(args: argparse.Namespace) -> int:
     wanted = [(name, adversarial) for name in _model_names(args.families)
               for adversarial in modes]
     talk = ctx.is_main and not (args.quiet or args.json)
+    workers = args.workers or available_cores()
     modules = trained_models(wanted, seed=settings.seed, cache_dir=args.cache_dir,
-                             workers=args.workers if ctx.is_main else 1, progress=talk)
+                             workers=workers if ctx.is_main else 1, progress=talk)
     models = [ModelToCheck(name=f"{name}-{'pgd' if adversarial else 'std'}",
                            spec=f"fimbound:{name}", module=module.to(ctx.device).eval(),
-                           training="pgd" if adversarial else "normal")
+                           training="pgd" if adversarial else "normal",
+                           recipe=functools.partial(trained_model, name,
+                                                    adversarial=adversarial,
+                                                    seed=settings.seed,
+                                                    cache_dir=args.cache_dir,
+                                                    progress=False))
               for (name, adversarial), module in zip(wanted, modules)]
     loading = time.perf_counter() - start
     if talk:
@@ -93,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
     result = run_check(models, data, settings, out=out, ctx=ctx, resume=not args.no_resume,
                        data_key={"data": "digits", "seed": settings.seed},
                        command=command_line(getattr(args, "argv", None)),
-                       announce=announcer(args, ctx), seconds={"train or load": loading})
+                       announce=announcer(args, ctx), seconds={"train or load": loading},
+                       workers=workers if ctx.device.type == "cpu" else 1)
     if result is None:
         return 0
     status = print_outcome(result, out / "report.md", as_json=args.json)
