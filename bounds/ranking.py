@@ -23,13 +23,14 @@ come from different depths, stems, heads or constants; :func:`rank` says which.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import sympy
 
 from bounds.closed_forms import closed_form, depth_symbol
-from bounds.errors import ArgumentError, FamilyError
+from bounds.errors import ArgumentError, FamilyError, InvalidValueError
 from bounds.families.registry import all_presets, get_family, registered
 
 __all__ = ["PairCondition", "Ranking", "rank"]
@@ -380,6 +381,13 @@ def _numeric_values(values, symbols) -> dict:
     by_name = {str(s): s for s in symbols}
     result = {}
     for key, value in values.items():
+        number = value if isinstance(value, sympy.Basic) else None
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            number = sympy.sympify(value)
+        if number is None or not (number.is_extended_real and number.is_positive
+                                  and number.is_finite):
+            raise InvalidValueError(f"rank: expected the value of {key} to be a finite number "
+                                    f"> 0 (rankings compare logarithms), got {value!r}.")
         if str(key) in by_name:
             result[by_name[str(key)]] = sympy.nsimplify(value) if isinstance(
                 value, int) else sympy.sympify(value)
@@ -426,6 +434,8 @@ def rank(families: Sequence[str] | None = None, depths: Mapping | None = None,
         If an entry is unknown or repeated, or a depth or option is invalid.
     ArgumentError
         If ``values`` is not a mapping.
+    InvalidValueError
+        If a value is not a finite number > 0 (the comparisons are of logarithms).
 
     Notes
     -----

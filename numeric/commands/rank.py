@@ -11,8 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 
-import sympy
-
 __all__ = ["HELP", "DESCRIPTION", "add_arguments", "run"]
 
 HELP = "order the families' closed-form bounds and give the exact conditions for each pair"
@@ -23,9 +21,12 @@ shared per-layer constants, and print for every pair the exact condition, over t
 symbols and the depths, under which the first bound is below the second.
 
 Entries are families with symbolic depth (vgg, resnet, densenet, transformer; depth
-n_<family>) or presets (vgg11, vgg16, vgg19, resnet18, resnet34, resnet50, densenet121,
-vit_b_16). Every conv/linear layer has the constant h, every LayerNorm ell, every
-attention head a.
+n_<family>) or presets (vgg11, vgg13, vgg16, vgg19, resnet18, resnet34, resnet50,
+resnet101, resnet152, densenet121/161/169/201, vit_b_16, vit_b_32, vit_l_16, vit_l_32,
+vit_h_14). Every conv/linear layer has the constant h, every LayerNorm ell, every
+attention head a. The VGG presets include torchvision's 7x7 adaptive average pooling at
+its worst case over input sizes (norm 7); give the input size to use its exact norm:
+--option vgg16.input_size=224.
 
 examples:
   fimbound rank
@@ -33,7 +34,8 @@ examples:
   fimbound rank --families densenet121 vgg16 resnet18 vit_b_16 \\
       --value h=1.2 --value ell=1 --value a=1 --claim densenet121,vgg16,resnet18,vit_b_16
   fimbound rank --families resnet --option resnet.block=bottleneck --json
-"""
+  fimbound rank --families vgg16 resnet18 --option vgg16.input_size=32 --value h=1.1
+exit status: 0 done, 2 bad input (unknown family, option or value)."""
 
 
 def _pair(text: str, what: str) -> tuple[str, str]:
@@ -72,9 +74,9 @@ def _option(text: str) -> tuple[str, str, object]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``fimbound rank``."""
-    from bounds import FAMILIES
-    parser.add_argument("--families", nargs="+", default=list(FAMILIES), metavar="NAME",
-                        help="families or presets to compare (default: %(default)s)")
+    parser.add_argument("--families", nargs="+", default=None, metavar="NAME",
+                        help="families or presets to compare (default: every registered "
+                             "family: vgg, resnet, densenet, transformer)")
     parser.add_argument("--depth", action="append", type=_depth, default=[],
                         metavar="FAMILY=N",
                         help="depth of an entry: an int, a symbol name (shared between "
@@ -92,6 +94,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Rank the entries and print the result (text, or JSON with ``--json``)."""
+    import sympy
+
     from bounds import rank
     options: dict = {}
     for entry, option, value in args.option:

@@ -137,8 +137,12 @@ def test_depths_options_and_to_dict():
     ({"families": ["vgg", "vgg"]}, FamilyError, "entry 'vgg' appears twice"),
     ({"families": ["vgg"], "depths": {"resnet": 3}}, FamilyError, "given for 'resnet'"),
     ({"families": ["vgg"], "values": [1]}, bounds.ArgumentError, "values to be a mapping"),
+    ({"families": ["vgg"], "values": {"h": 0}}, bounds.InvalidValueError,
+     "expected the value of h to be a finite number > 0"),
+    ({"families": ["vgg"], "values": {"h": float("nan")}}, bounds.InvalidValueError, "got nan"),
     ({"families": ["vgg"], "depths": {"vgg": 0}}, FamilyError, "integer >= 1"),
-], ids=["unknown", "twice", "depth-of-absent", "values-list", "depth-zero"])
+], ids=["unknown", "twice", "depth-of-absent", "values-list", "value-zero",
+    "value-nan", "depth-zero"])
 def test_errors(kwargs, error, match):
     with pytest.raises(error, match=match):
         rank(**kwargs)
