@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 MODULES = ("benchmarks.estimators", "benchmarks.blackbox", "benchmarks.tightness",
-           "benchmarks.distributed")
+           "benchmarks.distributed", "benchmarks.derive")
 
 
 def _header() -> str:
