@@ -42,8 +42,8 @@ from torch import nn
 
 from numeric.errors import InputError
 
-__all__ = ["MODEL_NAMES", "build", "SmallVGG", "SmallResNet", "SmallDenseNet", "SmallViT",
-           "parameter_count"]
+__all__ = ["MODEL_NAMES", "MODEL_FAMILIES", "build", "SmallVGG", "SmallResNet",
+           "SmallDenseNet", "SmallViT", "parameter_count"]
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
@@ -258,6 +258,10 @@ class SmallViT(nn.Module):
 
 #: Names accepted by :func:`build`, in the order the demo lists them.
 MODEL_NAMES: tuple[str, ...] = ("vgg", "resnet", "densenet", "vit")
+
+#: Model name -> the :mod:`bounds.families` family it belongs to (its ``fimbound_family``).
+MODEL_FAMILIES: dict[str, str] = {"vgg": "vgg", "resnet": "resnet", "densenet": "densenet",
+                                  "vit": "transformer"}
 
 
 def build(name: str, num_classes: int = 10, in_channels: int = 1,

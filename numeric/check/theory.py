@@ -4,10 +4,12 @@ Everything ``check`` knows about architecture families lives here (and nothing o
 needs torch): which family a model belongs to (:func:`describe_family`), its closed form
 (:func:`closed_form_for`) and the scores of the ranking (:func:`theory_scores`).
 
+The family knowledge itself lives in :mod:`bounds.families` (one module per family,
+registered in one place); a family registered there is ranked here with no change.
+
 The ranking evaluates each model's family closed form — a certified Lipschitz bound with
-symbolic per-layer constants (:func:`bounds.closed_form`, or the derived bound of a
-:data:`bounds.PRESETS` architecture) — with every per-layer constant set to the same
-value ``h``: the geometric mean of the certified conv/linear norms of all the models
+symbolic per-layer constants (``Family.closed_form``, at a preset's options or at the
+depth a model declares) — with every per-layer constant set to the same value ``h``: the geometric mean of the certified conv/linear norms of all the models
 checked together. It ranks architectures, not weights; it is defined only when every model
 has a closed form.
 """
@@ -15,64 +17,60 @@ has a closed form.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 
 from numeric.check.results import ModelInfo
 
 __all__ = ["describe_family", "closed_form_for", "theory_scores", "layer_constant"]
 
-#: Model-name patterns -> family (the first match wins).
-_FAMILY_PATTERNS = (("densenet", "densenet"), ("resnet", "resnet"), ("resnext", "resnet"),
-                    ("wide_resnet", "resnet"), ("vgg", "vgg"), ("vit", "transformer"),
-                    ("swin", "transformer"), ("transformer", "transformer"))
-
-
-def _model_name(spec: str) -> str:
-    """``resnet18`` for ``torchvision:resnet18``; the factory for ``FILE.py:FACTORY``."""
-    return spec.rsplit(":", 1)[-1]
-
 
 def describe_family(spec: str, module=None) -> tuple[str | None, object, str | None]:
     """``(family, depth, preset)`` of a model, each ``None`` when unknown.
 
-    A module may declare ``fimbound_family`` and ``fimbound_depth`` (the ``depth`` of
-    :func:`bounds.closed_form`); a ``torchvision:NAME`` whose name is a
-    :data:`bounds.PRESETS` entry gets that preset; otherwise the family is guessed from
-    the name (without a depth, so without a closed form).
+    A module may declare ``fimbound_family`` (a family name or alias of
+    :func:`bounds.families.get_family`) and ``fimbound_depth`` (the ``depth`` of its
+    closed form). Otherwise the family comes from the model's name
+    (:func:`bounds.families.family_of`); a name that is one of the family's presets
+    (``torchvision:resnet18``, or a factory called ``resnet18``) gets that preset's closed
+    form; any other name has a family but no closed form.
 
     >>> describe_family("torchvision:resnet18")
     ('resnet', None, 'resnet18')
-    >>> describe_family("torchvision:swin_t")
-    ('transformer', None, None)
+    >>> describe_family("torchvision:wide_resnet50_2")
+    ('resnet', None, None)
+    >>> describe_family("net.py:build")
+    (None, None, None)
     """
-    import bounds
+    from bounds.families import family_of, get_family
 
     declared = getattr(module, "fimbound_family", None)
     if declared:
         depth = getattr(module, "fimbound_depth", None)
-        return str(declared), (list(depth) if isinstance(depth, tuple) else depth), None
-    name = _model_name(spec)
-    preset = name if spec.startswith("torchvision:") and name in bounds.PRESETS else None
-    if preset is not None:
-        return bounds.PRESETS[preset][0], None, preset
-    for pattern, family in _FAMILY_PATTERNS:
-        if re.search(pattern, name.lower()):
-            return family, None, None
-    return None, None, None
+        return (get_family(str(declared)).name,
+                list(depth) if isinstance(depth, tuple) else depth, None)
+    family = family_of(spec)
+    if family is None:
+        return None, None, None
+    name = spec.rsplit(":", 1)[-1]
+    preset = name if name in family.presets and not spec.startswith("fimbound:") else None
+    return family.name, None, preset
 
 
 def closed_form_for(info: ModelInfo):
-    """The family closed form (SymPy) of a checked model, or ``None`` without one."""
-    import bounds
+    """The family closed form (SymPy, every per-layer constant one shared symbol) of a
+    checked model, or ``None`` without one."""
+    from bounds.families import get_family
 
+    if info.family is None:
+        return None
+    family = get_family(info.family)
     if info.preset is not None:
-        return bounds.derive(bounds.preset(info.preset)).lipschitz
-    if info.family is None or info.family_depth is None:
+        return family.closed_form(**{**family.presets[info.preset], "shared": True})
+    if info.family_depth is None:
         return None
     depth = info.family_depth
-    depth = tuple(depth) if isinstance(depth, (list, tuple)) else depth
-    return bounds.closed_form(info.family, depth=depth, shared=True)
+    return family.closed_form(tuple(depth) if isinstance(depth, list) else depth,
+                              shared=True)
 
 
 def layer_constant(G) -> float | None:

@@ -21,10 +21,6 @@ The first run trains (about a minute on 2 idle cores, one model per core); later
 load the cache. The same seed gives the same numbers on every run; a rerun with the same
 --out reads back what is already in its results log."""
 
-#: --families choices: the toolkit's model names, and "transformer" for "vit".
-FAMILY_CHOICES = ("vgg", "resnet", "densenet", "vit", "transformer")
-
-
 def _demo_settings():
     from numeric.check.results import CheckSettings
     # sized for about 20 s from the weights cache on 2 cores: 24 samples in one chunk per
@@ -35,10 +31,11 @@ def _demo_settings():
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--families", nargs="*", default=["vgg", "resnet", "densenet", "vit"],
-                        choices=FAMILY_CHOICES,
-                        help="families to train and check (default: all four; 'vit' and "
-                             "'transformer' name the same model)")
+    parser.add_argument("--families", nargs="+", metavar="FAMILY",
+                        default=["vgg", "resnet", "densenet", "transformer"],
+                        help="families to train and check, by name or alias (default: vgg "
+                             "resnet densenet transformer; 'vit' is the transformer's alias "
+                             "and the name of its model)")
     parser.add_argument("--no-adversarial", action="store_true",
                         help="skip the adversarially trained models")
     parser.add_argument("--cache-dir", default=None,
@@ -48,11 +45,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _model_names(families: list[str]) -> list[str]:
+    """The toolkit model of each family (``transformer`` or ``vit`` -> ``vit``), in order."""
+    from bounds.families import get_family
+    from numeric.errors import InputError
+    from numeric.models import MODEL_FAMILIES
+    by_family = {family: model for model, family in MODEL_FAMILIES.items()}
     names = []
-    for family in families:
-        name = "vit" if family == "transformer" else family
-        if name not in names:
-            names.append(name)
+    for name in families:
+        family = get_family(name).name  # unknown: one line listing the known families
+        if family not in by_family:
+            raise InputError(f"demo: expected a family with a toolkit model "
+                             f"({', '.join(by_family)}), got {name!r}.")
+        if by_family[family] not in names:
+            names.append(by_family[family])
     return names
 
 
@@ -62,20 +67,17 @@ def run(args: argparse.Namespace) -> int:
     from numeric.check.pipeline import ModelToCheck
     from numeric.check.run import command_line, ensure_writable, run_check
     from numeric.data import load_data
-    from numeric.errors import InputError
     from numeric.runner import run_context
     from numeric.training import available_cores, trained_model, trained_models
 
     settings = settings_from(args)
-    if not args.families:
-        raise InputError("demo: expected at least one family after --families, got none.")
+    names = _model_names(args.families)
     out = ensure_writable(args.out)
     ctx = run_context(args.device or "cpu", True if args.distributed else None)
     start = time.perf_counter()
     data = load_data("digits", samples=settings.samples, split="test", seed=settings.seed)
     modes = (False,) if args.no_adversarial else (False, True)
-    wanted = [(name, adversarial) for name in _model_names(args.families)
-              for adversarial in modes]
+    wanted = [(name, adversarial) for name in names for adversarial in modes]
     talk = ctx.is_main and not (args.quiet or args.json)
     workers = args.workers or available_cores()
     modules = trained_models(wanted, seed=settings.seed, cache_dir=args.cache_dir,
