@@ -33,8 +33,8 @@ from numeric.errors import InputError
 if TYPE_CHECKING:  # torch is imported where it is used: reading a log needs no torch
     import torch
 
-__all__ = ["RunContext", "run_context", "resolve_device", "chunks", "ResultLog", "run_key",
-           "gather_records", "evaluate_chunks", "chunk_generator"]
+__all__ = ["RunContext", "run_context", "chunks", "ResultLog", "run_key", "gather_records",
+           "evaluate_chunks", "chunk_generator"]
 
 
 @dataclass(frozen=True)
@@ -60,45 +60,16 @@ def _launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def resolve_device(device: str | None) -> "torch.device":
-    """The ``torch.device`` for ``device``: ``None`` or ``"auto"`` (CUDA when available,
-    else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-
-    Raises
-    ------
-    InputError
-        Any other string (``tpu``, ``mps``, ``meta``, typos), or CUDA that torch cannot
-        see, or an index beyond the visible GPUs; the message names ``--device``.
-    """
-    import torch
-    wanted = "auto" if device is None else str(device).strip().lower()
-    if wanted == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    kind, _, index = wanted.partition(":")
-    if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (
-            kind == "cpu" and index not in ("", "0")):
-        raise InputError(f"run_context: expected --device cpu, cuda, cuda:N or auto, "
-                         f"got {device!r}.")
-    if kind == "cuda":
-        if not torch.cuda.is_available():
-            raise InputError(f"run_context: expected an available device, got {device!r} "
-                             f"but torch sees no CUDA device; use --device cpu.")
-        if index and int(index) >= torch.cuda.device_count():
-            raise InputError(f"run_context: expected a GPU index below "
-                             f"{torch.cuda.device_count()}, got {device!r}.")
-        return torch.device(wanted)
-    return torch.device("cpu")
-
-
 def run_context(device: str | None = None, distributed: bool | None = None) -> RunContext:
     """Detect a ``torchrun`` launch (or honour ``distributed=True``) and pick the device.
 
     Parameters
     ----------
     device : str, optional
-        ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"auto"`` (see :func:`resolve_device`).
-        Under a distributed CUDA run each rank uses ``cuda:LOCAL_RANK``. Default: CUDA
-        when available, else CPU.
+        ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``, ``"auto"`` (checked by
+        :func:`numeric.device.resolve_device`; a refusal names ``--device``). Under a
+        distributed CUDA run each rank uses ``cuda:LOCAL_RANK``. Default: CUDA when
+        available, else CPU.
     distributed : bool, optional
         ``None`` detects ``torchrun`` from its environment variables; ``True`` requires them.
 
@@ -113,7 +84,8 @@ def run_context(device: str | None = None, distributed: bool | None = None) -> R
     if distributed and not launched:
         raise InputError("run_context: expected a torchrun launch (RANK and WORLD_SIZE set) "
                          "for --distributed, got neither; run under torchrun.")
-    dev = resolve_device(device)
+    from numeric.device import resolve_device
+    dev = resolve_device(device, caller="--device")
     if not distributed:
         return RunContext(device=dev)
     import torch

@@ -156,7 +156,7 @@ def test_unknown_model_spec(tmp_path, capsys):
 @pytest.mark.parametrize("device", ["tpu", "mps", "meta", "cuda:x"])
 def test_unusable_device_is_one_line(tmp_path, models, capsys, device):
     _fails_cleanly(tmp_path, capsys, ["--model", f"{models}:build", "--device", device],
-                   "expected --device cpu, cuda, cuda:N or auto")
+                   "--device: expected")
 
 
 def test_out_that_cannot_be_written_is_refused_before_any_model_loads(tmp_path, capsys):
