@@ -94,7 +94,8 @@ def test_symbols_evaluate_and_printing():
     assert bound.evaluate({"h[1]": 2, H[2]: 1.5, "unused": 7}) == (3.0, 4.5)
     with pytest.raises(UnboundSymbolError, match=r"Bound.evaluate: no value for h\[2\]"):
         bound.evaluate({"h[1]": 2})
-    with pytest.raises(bounds.ArgumentError, match="Bound.evaluate: expected a mapping .* got list"):
+    with pytest.raises(bounds.ArgumentError,
+                       match="Bound.evaluate: expected a mapping .* got list"):
         bound.evaluate([1, 2])
     assert bound.latex() == "{h}_{1} {h}_{2}"
     assert bound._repr_latex_().startswith(r"$\operatorname{Lip}(f) \le")

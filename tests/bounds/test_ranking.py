@@ -8,7 +8,7 @@ import pytest
 import sympy
 
 import bounds
-from bounds import FamilyError, UnboundSymbolError, rank
+from bounds import FamilyError, rank
 
 PRESETS = ["densenet121", "vgg16", "resnet18", "resnet50", "vit_b_16"]
 

@@ -99,10 +99,14 @@ def test_fisher_information_has_rank_at_most_K_minus_one():
 
 
 @pytest.mark.parametrize(("function", "K", "d", "match"), [
-    (fisher_identities, 1, 2, "fisher_identities: expected the number of classes K to be an integer >= 2, got 1"),
-    (fisher_identities, 3, 0, "fisher_identities: expected the input dimension d to be an integer >= 1, got 0"),
-    (kl_second_order, 2.0, 1, "kl_second_order: expected the number of classes K to be an integer >= 2, got 2.0"),
-    (kl_second_order, 2, True, "kl_second_order: expected the input dimension d to be an integer >= 1, got True"),
+    (fisher_identities, 1, 2, "fisher_identities: expected the number of classes K to be an "
+                              "integer >= 2, got 1"),
+    (fisher_identities, 3, 0, "fisher_identities: expected the input dimension d to be an "
+                              "integer >= 1, got 0"),
+    (kl_second_order, 2.0, 1, "kl_second_order: expected the number of classes K to be an "
+                              "integer >= 2, got 2.0"),
+    (kl_second_order, 2, True, "kl_second_order: expected the input dimension d to be an "
+                               "integer >= 1, got True"),
 ], ids=["identities-K", "identities-d", "kl-K", "kl-d"])
 def test_invalid_sizes_raise(function, K, d, match):
     with pytest.raises(ParameterError, match=match):

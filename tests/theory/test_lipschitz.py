@@ -82,8 +82,10 @@ def test_rules_are_attained_by_aligned_maps():
 @pytest.mark.parametrize(("rule", "args", "match"), [
     (compose_rule, (), "compose_rule: expected at least one constant, got none"),
     (sum_rule, (1, -2), r"sum_rule: expected constants\[1\] >= 0, got -2"),
-    (concat_rule, ("h",), r"concat_rule: expected constants\[0\] to be a real number or SymPy expression, got 'h'"),
-    (compose_rule, (sympy.eye(2),), r"compose_rule: expected constants\[0\] to be a real number, got Matrix"),
+    (concat_rule, ("h",), r"concat_rule: expected constants\[0\] to be a real number or "
+                          r"SymPy expression, got 'h'"),
+    (compose_rule, (sympy.eye(2),), r"compose_rule: expected constants\[0\] to be a real "
+                                    r"number, got Matrix"),
     (sum_rule, (sympy.I,), r"sum_rule: expected constants\[0\] to be a real number, got I"),
 ], ids=["empty", "negative", "string", "matrix", "complex"])
 def test_invalid_constants_raise(rule, args, match):

@@ -262,7 +262,8 @@ def test_centred_bound_rejects_a_jacobian_with_the_wrong_number_of_rows():
 
 
 def test_centring_matrix_rejects_non_positive_size():
-    with pytest.raises(ValueError, match="centring_matrix: expected K to be an integer >= 1, got 0"):
+    with pytest.raises(ValueError, match="centring_matrix: expected K to be an integer >= 1, "
+                                         "got 0"):
         centring_matrix(0)
 
 
