@@ -284,6 +284,11 @@ def _model_statistics(model: ModelResult, settings) -> dict:
     with np.errstate(invalid="ignore"):
         blackbox_error = np.abs(blackbox[positive] - lam[positive]) / lam[positive]
     robust_keys = sorted({k for r in records for k in r if k.startswith("pgd_")})
+    found_by: dict[str, int] = {}
+    for record in records:
+        if "attack_found_by" in record:
+            member = str(record["attack_found_by"])
+            found_by[member] = found_by.get(member, 0) + 1
     seconds: dict[str, float] = {}
     for record in records:
         for stage, value in (record.get("seconds") or {}).items():
@@ -299,6 +304,7 @@ def _model_statistics(model: ModelResult, settings) -> dict:
         "blackbox_relative_error_median": _median(blackbox_error),
         "attack_radius_median": _median(rad),
         "attack_found": int(np.sum(np.isfinite(rad))),
+        "attack_found_by": found_by,
         "certified_radius_median": _median(_values(records, "certified_radius")),
         "robust_accuracy": {k: _mean(_values(records, k)) for k in robust_keys},
         "correlation_lambda_vs_radius": correlation(

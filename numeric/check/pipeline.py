@@ -243,9 +243,9 @@ def _attack(chunk: Chunk) -> dict:
     result = minimum_norm_attack(chunk.model, chunk.x, chunk.pred, steps=s.attack_steps,
                                  restarts=s.attack_restarts, generator=chunk.generator)
     out = {"attack_radius": torch.as_tensor(result.norms, dtype=torch.float64).tolist()}
-    members = getattr(result, "members", None)  # which ensemble member found the minimum
-    if members is not None:
-        out["attack_member"] = [str(m) for m in members]
+    found_by = getattr(result, "found_by", None)  # which ensemble member found the minimum
+    if found_by is not None:
+        out["attack_found_by"] = [str(member) for member in found_by]
     return out
 
 

@@ -210,6 +210,20 @@ def _soundness(result: CheckResult) -> list[str]:
     return lines + [""]
 
 
+def _found_by(result: CheckResult) -> list[str]:
+    """Which attack of the ensemble found each smallest perturbation, per model."""
+    parts = []
+    for m in result.models:
+        counts = result.analysis["models"][m.info.name].get("attack_found_by") or {}
+        if counts:
+            ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+            parts.append(f"{m.info.name}: " + ", ".join(f"{k} {v}" for k, v in ordered))
+    if not parts:
+        return []
+    return ["", "Attack that found the smallest perturbation (samples): " + "; ".join(parts)
+            + "."]
+
+
 def _robustness(result: CheckResult) -> list[str]:
     s = result.settings
     an = result.analysis
@@ -301,6 +315,7 @@ def markdown_report(result: CheckResult, figures: dict[str, str | None]) -> str:
               "Rank correlation between λ_max(F(x)) and the attack radius across samples "
               "(bootstrap 95% intervals). A useful metric gives a negative correlation.", ""]
     lines += _table(result, VULNERABILITY_COLUMNS)
+    lines += _found_by(result)
     across = result.analysis.get("across_models")
     if across:
         if math.isnan(float(across["spearman"])):

@@ -52,6 +52,7 @@ SAMPLE_FIELDS: dict[str, str] = {
     "blackbox": "black-box estimate of lambda_max from probabilities only",
     "blackbox_queries": "model evaluations the black-box estimate used",
     "attack_radius": "smallest L2 perturbation found that changes the prediction (inf: none)",
+    "attack_found_by": "the attack (ensemble member) that found it ('none': nothing found)",
     "certified_radius": "margin / (sqrt(2) L), L the certified Lipschitz bound of the "
                         "centred logits: no perturbation below it changes the prediction",
     "pgd_<norm>_<eps>": "whether PGD at that radius left the label unchanged",

@@ -173,3 +173,12 @@ def test_vectorised_rank_statistics_match_scipy_with_ties():
     for row in range(7):
         assert _spearman(u, v)[row] == pytest.approx(stats.spearmanr(u[row], v[row]).statistic)
         assert _kendall(u, v)[row] == pytest.approx(stats.kendalltau(u[row], v[row]).statistic)
+
+
+def test_the_attack_that_found_each_minimum_is_counted_in_the_report():
+    result = _result()
+    for i, record in enumerate(result.models[0].records):
+        record["attack_found_by"] = "fmn" if i % 3 else "alma"
+    result.analysis = analyse(result)
+    assert result.analysis["models"]["m0"]["attack_found_by"] == {"fmn": 20, "alma": 10}
+    assert "m0: fmn 20, alma 10" in markdown_report(result, {})

@@ -32,6 +32,8 @@ def records(draw, index: int, label: int):
               "seconds": {"spectrum": draw(st.sampled_from([0.0, 0.01]))}}
     if draw(st.booleans()):
         record["pgd_l2_0.5"] = draw(st.booleans())
+    if draw(st.booleans()):
+        record["attack_found_by"] = draw(st.sampled_from(["fmn", "ddn", "none", "clean"]))
     return record
 
 
