@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
 import bounds
 from numeric.cli import EXIT_USAGE, main
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    import torch
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _json(capsys) -> dict:
@@ -33,10 +25,12 @@ def test_derive_small_model_json(capsys):
 
 
 def test_derive_plain_is_never_tighter(capsys):
-    main(["derive", "--model", "fimbound:vgg", "--json"])
-    graph = _json(capsys)["lipschitz"]
-    main(["derive", "--model", "fimbound:vgg", "--plain", "--json"])
-    plain = _json(capsys)["lipschitz"]
+    """Same seed, same random-init model: the folded graph is never looser than the plain
+    product of its layers."""
+    main(["derive", "--model", "fimbound:vgg", "--seed", "3", "--json"])
+    graph = _json(capsys)["fisher"]
+    main(["derive", "--model", "fimbound:vgg", "--seed", "3", "--plain", "--json"])
+    plain = _json(capsys)["fisher"]
     assert graph <= plain
 
 
@@ -111,3 +105,47 @@ def test_derive_unsupported_module_in_user_file(tmp_path, capsys):
         "    return Gate()\n")
     assert main(["derive", "--model", f"{source}:build", "--input-shape", "4"]) == EXIT_USAGE
     assert "product of two input-dependent" in capsys.readouterr().err
+
+
+def _graph_file(tmp_path, *constants):
+    """input -> linear(c) ... -> output as a JSON graph file."""
+    nodes = [{"id": "x", "op": "input"}]
+    nodes += [{"id": f"f{i}", "op": "linear", "lipschitz": c} for i, c in enumerate(constants)]
+    nodes.append({"id": "y", "op": "output"})
+    ids = [node["id"] for node in nodes]
+    path = tmp_path / "graph.json"
+    path.write_text(json.dumps({"directed": True, "nodes": nodes, "edges": [
+        {"source": a, "target": b} for a, b in zip(ids, ids[1:])]}))
+    return str(path)
+
+
+@pytest.mark.parametrize(("constants", "values", "match"), [
+    (["h-3"], ["h=1"], r"node 'f0' \(constant h - 3\) is -2 at h=1: a Lipschitz constant is "
+                       r">= 0"),
+    (["nan"], [], r"node 'f0': parse_constant: 'nan' in 'nan' is not allowed: NaN is not a "
+                  r"constant"),
+    (["sqrt(h-4)"], ["h=1"], r"node 'f0' \(constant sqrt\(h - 4\)\) is not a real number "
+                             r"at h=1"),
+    (["2", "log(h)"], ["h=0.5"], r"node 'f1' \(constant log\(h\)\) is -0.69314718"),
+    (["h"], ["h=nan"], r"expected the value of h to be a real number >= 0, got nan"),
+    (["I*h"], ["h=1"], r"I is SymPy's imaginary unit"),
+], ids=["negative", "nan-symbol", "complex", "negative-log", "nan-value", "imaginary"])
+def test_graph_file_constants_that_are_not_lipschitz_constants_exit_2(
+        tmp_path, capsys, constants, values, match):
+    argv = ["derive", _graph_file(tmp_path, *constants), *sum((["--value", v] for v in values),
+                                                            [])]
+    assert main(argv) == EXIT_USAGE
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1
+    assert re.search(match, err[0]), err[0]
+
+
+def test_zero_then_infinity_is_zero(tmp_path, capsys):
+    """A node with constant 0 is a constant map: everything after it is constant too."""
+    assert main(["derive", _graph_file(tmp_path, 0, "oo"), "--json"]) == 0
+    document = _json(capsys)
+    assert document["lipschitz"] == 0.0 and document["fisher"] == 0.0
+    assert main(["derive", _graph_file(tmp_path, "h", "oo"), "--value", "h=0", "--json"]) == 0
+    assert _json(capsys)["lipschitz"] == 0.0
+    assert main(["derive", _graph_file(tmp_path, "h", "oo"), "--value", "h=1", "--json"]) == 0
+    assert _json(capsys)["lipschitz"] == "inf"
