@@ -12,13 +12,15 @@ from __future__ import annotations
 import numbers
 
 from bounds.errors import FamilyError
+from theory.validation import positive_integer
 
 __all__ = ["integer", "integers", "choice", "flag"]
 
 
 def integer(function: str, name: str, value, *, minimum: int = 1,
             error: type[Exception] = FamilyError) -> int:
-    """``value`` as an int ``>= minimum`` (any integral type but bool).
+    """``value`` as an int ``>= minimum`` (any integral type but bool;
+    :func:`theory.validation.positive_integer` with this package's error).
 
     Examples
     --------
@@ -29,10 +31,7 @@ def integer(function: str, name: str, value, *, minimum: int = 1,
     ...
     bounds.errors.FamilyError: vgg: expected depth to be an integer >= 1, got 0.
     """
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise error(f"{function}: expected {name} to be an integer >= {minimum}, got "
-                    f"{value!r}.")
-    return int(value)
+    return positive_integer(function, name, value, minimum=minimum, error=error)
 
 
 def integers(function: str, name: str, value, *, error: type[Exception] = FamilyError

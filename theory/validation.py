@@ -25,8 +25,11 @@ def describe(value) -> str:
     return str(value) if isinstance(value, sympy.Basic) else repr(value)
 
 
-def positive_integer(function: str, name: str, value, *, minimum: int = 1) -> int:
+def positive_integer(function: str, name: str, value, *, minimum: int = 1,
+                     error: type[Exception] = ParameterError) -> int:
     """``value`` as a Python int ``>= minimum`` (int, NumPy or SymPy integers; not bool).
+
+    ``error`` is the exception class raised (other packages pass their own).
 
     Examples
     --------
@@ -42,8 +45,8 @@ def positive_integer(function: str, name: str, value, *, minimum: int = 1) -> in
     except TypeError:
         integer = None
     if isinstance(value, bool) or integer is None or integer < minimum:
-        raise ParameterError(f"{function}: expected {name} to be an integer >= {minimum}, "
-                             f"got {describe(value)}.")
+        raise error(f"{function}: expected {name} to be an integer >= {minimum}, got "
+                    f"{describe(value)}.")
     return integer
 
 

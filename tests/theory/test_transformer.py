@@ -10,15 +10,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from theory.errors import ParameterError, TheoryError
-from theory.transformer import (
+from theory.attention import (
     attention_head_lipschitz,
     attention_head_local_lipschitz,
-    layernorm_lipschitz,
-    layernorm_local_lipschitz,
-    layernorm_output_radius,
     multihead_attention_lipschitz,
     pre_ln_attention_lipschitz,
 )
+from theory.layernorm import layernorm_lipschitz, layernorm_local_lipschitz, layernorm_output_radius
 
 R, N, d, D = sympy.symbols("R N d D", positive=True)
 N_int, D_int = sympy.symbols("N D", positive=True, integer=True)
