@@ -98,6 +98,8 @@ def symbol_values(function: str, values) -> dict[str, object]:
 
 
 def _interval(function: str, name: str, value):
+    if getattr(value, "ndim", None) == 0 and callable(getattr(value, "item", None)):
+        value = value.item()  # a 0-d NumPy array or tensor
     with precision():
         if isinstance(value, sympy.Basic):
             if value.is_Rational:

@@ -125,6 +125,14 @@ def test_values_that_are_not_real_numbers_name_the_symbol(values, match):
             call()
 
 
+def test_zero_dimensional_arrays_are_numbers():
+    import numpy as np
+    assert Bound(h).evaluate({"h": np.array(2.5)}).lipschitz == 2.5
+    assert Bound(h).evaluate({"h": np.float32(0.5)}).lipschitz == 0.5
+    with pytest.raises(InvalidValueError, match="got array"):
+        Bound(h).evaluate({"h": np.array([1.0, 2.0])})
+
+
 def test_values_must_be_a_mapping_and_complete():
     for call in (lambda: derive(chain("h")).evaluate([1]), lambda: propagate(chain("h"), 3)):
         with pytest.raises(ArgumentError, match="expected a mapping from symbols to numbers"):
