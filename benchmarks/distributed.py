@@ -1,9 +1,13 @@
-"""Throughput of ``fimbound check`` with 1 and 2 processes on the CPU (issue 7).
+"""Throughput of ``fimbound check`` with 1 and 2 processes on the CPU, and ``fimbound demo``.
 
-Each configuration runs the same check (a small CNN on digits) in a fresh process tree and
-reports samples per second of wall-clock time, start-up included. One process with one
-thread, one process with two threads and two gloo ranks with one thread each are measured
-one after the other in the same run, so the ratios compare like with like.
+Each configuration runs the same check (two small CNNs on digits) in a fresh process tree
+and reports samples per second of wall-clock time, start-up included: one process with
+one thread, one process with two threads, two worker processes (``--workers 2``, one
+model each) and two gloo ranks (``torchrun``, chunks shared). Then ``fimbound demo`` is
+timed from an empty weights cache (training included) and from the filled cache, with one
+process and with one worker per core. All are measured one after the other in the same
+run, so the ratios compare like with like; the absolute times depend on what else the
+machine is doing.
 """
 
 from __future__ import annotations
@@ -20,10 +24,13 @@ import torch
 from torch import nn
 
 def build():
-    torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                          nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Flatten(),
                          nn.Linear(128, 10))
+
+def wide():
+    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Flatten(), nn.Linear(256, 10))
 '''
 
 
@@ -34,29 +41,54 @@ def _time(cmd: list[str], cwd: Path, threads: int) -> float:
     return time.perf_counter() - start
 
 
+def _check_rows(cwd: Path, samples: int) -> list[tuple[str, float]]:
+    args = ["-m", "numeric.cli", "check", "--model", "net.py:build", "--model", "net.py:wide",
+            "--data", "digits", "--samples", str(samples), "--chunk-size", "8",
+            "--no-resume", "--quiet", "--attack-steps", "50", "--pgd-steps", "10"]
+    one = [sys.executable, *args, "--out", "one"]
+    two = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           "--nproc_per_node", "2", *args, "--out", "two"]
+    return [("1 process, 1 thread", _time(one, cwd, 1)),
+            ("1 process, 2 threads", _time(one, cwd, 2)),
+            ("2 worker processes (--workers 2), 1 thread each",
+             _time([*one, "--workers", "2"], cwd, 1)),
+            ("2 processes (torchrun, gloo), 1 thread each", _time(two, cwd, 1))]
+
+
+def _demo_rows(cwd: Path, quick: bool) -> list[tuple[str, float]]:
+    demo = [sys.executable, "-m", "numeric.cli", "demo", "--quiet", "--no-resume",
+            "--cache-dir", str(cwd / "cache")]
+    if quick:
+        demo += ["--families", "vgg", "resnet"]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    return [(f"demo, empty weights cache (trains), {cores} worker(s)",
+             _time([*demo, "--out", "cold"], cwd, 1)),
+            ("demo from the weights cache, 1 process",
+             _time([*demo, "--workers", "1", "--out", "warm1"], cwd, 1)),
+            (f"demo from the weights cache, {cores} worker(s)",
+             _time([*demo, "--out", "warm"], cwd, 1))]
+
+
 def run(quick: bool = False) -> str:
     samples = 64 if quick else 450  # the whole digits test split
     with tempfile.TemporaryDirectory() as tmp:
         cwd = Path(tmp)
         (cwd / "net.py").write_text(MODEL)
-        args = ["-m", "numeric.cli", "check", "--model", "net.py:build", "--data", "digits",
-                "--samples", str(samples), "--chunk-size", "8", "--no-resume", "--quiet",
-                "--attack-steps", "50", "--pgd-steps", "10"]
-        one = [sys.executable, *args, "--out", "one"]
-        two = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node", "2", *args, "--out", "two"]
-        rows = [("1 process, 1 thread", _time(one, cwd, 1)),
-                ("1 process, 2 threads", _time(one, cwd, 2)),
-                ("2 processes (gloo), 1 thread each", _time(two, cwd, 1))]
+        rows = _check_rows(cwd, samples)
+        demo = _demo_rows(cwd, quick)
     base = rows[0][1]
-    lines = ["## Distributed scaling (CPU)", "",
-             f"`fimbound check` of a small CNN on {samples} digits samples, wall clock "
-             "including start-up. GPU: none lent to this run, so the CUDA rows "
+    lines = ["## Parallel check and demo (CPU)", "",
+             f"`fimbound check` of two small CNNs on {samples} digits samples each, wall "
+             "clock including start-up. GPU: none lent to this run, so the CUDA rows "
              "(torchvision resnet18 / vit_b_16 at 224×224) are not measured here.", "",
              "| configuration | seconds | samples/s | speed-up vs 1 process |",
              "|---|---|---|---|"]
-    lines += [f"| {name} | {t:.1f} | {samples / t:.2f} | {base / t:.2f}× |"
+    lines += [f"| {name} | {t:.1f} | {2 * samples / t:.2f} | {base / t:.2f}× |"
               for name, t in rows]
+    lines += ["", "`fimbound demo` (" + ("vgg and resnet only, quick mode" if quick else
+                                        "8 models") + "), wall clock:", "",
+              "| configuration | seconds |", "|---|---|"]
+    lines += [f"| {name} | {t:.1f} |" for name, t in demo]
     return "\n".join(lines)
 
 

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from numeric.errors import InputError
+from numeric.validation import first_line
 
 __all__ = ["load_model", "parse_model_spec", "display_names"]
 
@@ -79,7 +80,7 @@ def _from_file(target: str) -> nn.Module:
         spec.loader.exec_module(module)
     except Exception as err:
         raise InputError(f"load_model: importing {str(path)!r} failed: "
-                         f"{type(err).__name__}: {_first_line(err)}") from err
+                         f"{type(err).__name__}: {first_line(err)}") from err
     factory = getattr(module, factory_name, None)
     if not callable(factory):
         raise InputError(f"load_model: {str(path)!r} defines no callable {factory_name!r}.")
@@ -87,7 +88,7 @@ def _from_file(target: str) -> nn.Module:
         model = factory()
     except Exception as err:  # the user's code: say where, in one line
         raise InputError(f"load_model: {factory_name}() in {str(path)!r} raised "
-                         f"{type(err).__name__}: {_first_line(err)}") from err
+                         f"{type(err).__name__}: {first_line(err)}") from err
     if not isinstance(model, nn.Module):
         raise InputError(f"load_model: {target!r} returned {type(model).__name__}, "
                          f"expected a torch.nn.Module.")
@@ -168,11 +169,6 @@ def _load_weights(model: nn.Module, path: Path) -> None:
 
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
 def _torch_load_reason(err: BaseException) -> str:
     """The cause of a failed ``torch.load`` without torch's advice about ``weights_only``."""
     text = str(err)
@@ -181,7 +177,7 @@ def _torch_load_reason(err: BaseException) -> str:
         return match.group(1).strip().splitlines()[0]
     if "Weights only load failed" in text:
         return type(err).__name__
-    return f"{type(err).__name__}: {_first_line(err)}"
+    return f"{type(err).__name__}: {first_line(err)}"
 
 
 def display_names(specs: list[str]) -> list[str]:

@@ -318,8 +318,9 @@ def _theory(result: CheckResult) -> tuple[dict[str, float], str]:
     try:
         return theory_scores([m.info for m in result.models])
     except Exception as err:  # never lose a finished check to the symbolic side
+        from numeric.validation import first_line
         return {}, (f"No theory ranking: computing it failed ({type(err).__name__}: "
-                    f"{str(err).splitlines()[0] if str(err) else ''}); this is a bug.")
+                    f"{first_line(err)}); this is a bug.")
 
 
 def analyse(result: CheckResult, theory_scores: dict[str, float] | None = None) -> dict:

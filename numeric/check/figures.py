@@ -256,8 +256,8 @@ def write_figures(result: CheckResult, directory: str | Path) -> dict[str, str |
             with np.errstate(all="ignore"):  # log axes over 1e-300..1e300 overflow harmlessly
                 outcome[name] = make(result, directory / name)
         except Exception as err:  # a report without one figure beats no report
+            from numeric.validation import first_line
             _plt().close("all")
-            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            outcome[name] = (f"drawing it failed ({type(err).__name__}: {first}); this is "
-                             f"a bug, please report it")
+            outcome[name] = (f"drawing it failed ({type(err).__name__}: {first_line(err)}); "
+                             f"this is a bug, please report it")
     return outcome

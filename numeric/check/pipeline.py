@@ -44,6 +44,7 @@ from torch import nn
 from numeric.check.results import CheckSettings, ModelInfo
 from numeric.check.theory import describe_family, layer_constant
 from numeric.errors import InputError
+from numeric.validation import first_line
 
 __all__ = ["ModelToCheck", "Chunk", "STAGES", "EXACT_SPECTRUM_MAX_CLASSES", "validate_model",
            "weights_hash", "model_info", "measure_chunk"]
@@ -99,11 +100,9 @@ def validate_model(name: str, model: nn.Module, x: torch.Tensor, num_classes: in
         with torch.no_grad():
             out = model(x[:2])
     except Exception as err:  # the model's own error: shape, dtype, device
-        text = str(err).strip()
-        first = text.splitlines()[0] if text else type(err).__name__
-        hint = _shape_hint(text, x)
         raise InputError(f"check: model {name!r} rejects inputs of shape "
-                         f"{tuple(x.shape[1:])}: {first}{hint}") from err
+                         f"{tuple(x.shape[1:])}: {first_line(err)}"
+                         f"{_shape_hint(str(err), x)}") from err
     if not isinstance(out, torch.Tensor) or out.ndim != 2:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise InputError(f"check: expected model {name!r} to return logits of shape (B, K), "
