@@ -342,19 +342,19 @@ def trained_model(name: str, *, adversarial: bool, seed: int = 0,
     return model.eval()
 
 
-def _cached(name: str, adversarial: bool, seed: int, cache_dir) -> bool:
+def _cached(name: str, adversarial: bool, seed: int, cache_dir, epochs: int | None) -> bool:
     from numeric.models import build
-    config = training_config(name, adversarial=adversarial, seed=seed)
+    config = training_config(name, adversarial=adversarial, seed=seed, epochs=epochs)
     mode = "adversarial" if adversarial else "normal"
     path = cache_directory(cache_dir) / f"{name}-{mode}-{config.key()}.pt"
     with torch.random.fork_rng(devices=[]):
         return _load_cached(path, config, build(name))
 
 
-def _train_in_worker(job: tuple[str, bool, int, str | None]) -> str:
-    name, adversarial, seed, cache_dir = job
+def _train_in_worker(job: tuple[str, bool, int, str | None, int | None]) -> str:
+    name, adversarial, seed, cache_dir, epochs = job
     trained_model(name, adversarial=adversarial, seed=seed, cache_dir=cache_dir,
-                  progress=False)
+                  epochs=epochs, progress=False)
     return name
 
 
@@ -368,7 +368,7 @@ def available_cores() -> int:
 
 def trained_models(wanted: list[tuple[str, bool]], *, seed: int = 0,
                    cache_dir: str | os.PathLike | None = None, workers: int | None = None,
-                   progress: bool = True) -> list[nn.Module]:
+                   epochs: int | None = None, progress: bool = True) -> list[nn.Module]:
     """Several :func:`trained_model` at once, the uncached ones trained in parallel.
 
     Training runs on one thread per model (for bit-identical weights, see the module
@@ -380,7 +380,7 @@ def trained_models(wanted: list[tuple[str, bool]], *, seed: int = 0,
     Parameters
     ----------
     wanted : list of (name, adversarial)
-    seed, cache_dir
+    seed, cache_dir, epochs
         As for :func:`trained_model`.
     workers : int, optional
         Training processes; default one per available core, at most one per model to
@@ -397,7 +397,8 @@ def trained_models(wanted: list[tuple[str, bool]], *, seed: int = 0,
     import multiprocessing
 
     key_dir = None if cache_dir is None else str(cache_dir)
-    missing = [(n, a) for n, a in dict.fromkeys(wanted) if not _cached(n, a, seed, cache_dir)]
+    missing = [(n, a) for n, a in dict.fromkeys(wanted)
+               if not _cached(n, a, seed, cache_dir, epochs)]
     workers = min(workers or available_cores(), len(missing))
     if workers > 1:
         jobs = sorted(missing, key=lambda job: not job[1])  # adversarial first
@@ -405,12 +406,13 @@ def trained_models(wanted: list[tuple[str, bool]], *, seed: int = 0,
                         unit="model")
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-            futures = [pool.submit(_train_in_worker, (n, a, seed, key_dir)) for n, a in jobs]
+            futures = [pool.submit(_train_in_worker, (n, a, seed, key_dir, epochs))
+                       for n, a in jobs]
             for future in concurrent.futures.as_completed(futures):
                 future.result()
                 if bar is not None:
                     bar.update()
         if bar is not None:
             bar.close()
-    return [trained_model(n, adversarial=a, seed=seed, cache_dir=cache_dir,
+    return [trained_model(n, adversarial=a, seed=seed, cache_dir=cache_dir, epochs=epochs,
                           progress=progress) for n, a in wanted]

@@ -10,7 +10,7 @@ from numeric.data import load_data
 from numeric.errors import InputError
 from numeric.models import MODEL_NAMES, build
 from numeric.training import (TrainingConfig, accuracy, cache_directory, train,
-                              trained_model, training_config)
+                              trained_model, trained_models, training_config)
 
 
 @pytest.fixture(scope="module")
@@ -146,3 +146,34 @@ def test_default_recipe_accuracy_and_robustness(tmp_path):
         at_eps = [robust_accuracy(m, test.x, test.y, 0.5, "l2", steps=50, restarts=2)
                   for m in (normal, robust)]
         assert at_eps[1] >= at_eps[0] + 0.15
+
+
+@pytest.mark.slow  # two spawned processes each training a model for an epoch
+def test_models_trained_in_parallel_processes_are_bit_identical(tmp_path):
+    wanted = [("vgg", False), ("densenet", False)]
+    parallel = trained_models(wanted, cache_dir=tmp_path / "a", workers=2, epochs=1,
+                              progress=False)
+    one_by_one = [trained_model(name, adversarial=adv, cache_dir=tmp_path / "b", epochs=1,
+                                progress=False) for name, adv in wanted]
+    for first, second in zip(parallel, one_by_one):
+        state, again = first.state_dict(), second.state_dict()
+        assert all(torch.equal(state[k], again[k]) for k in state)
+    assert [m.fimbound_training for m in parallel] == ["normal", "normal"]
+    assert len(list((tmp_path / "a").glob("*.pt"))) == 2
+
+
+def test_trained_models_reads_the_cache_and_keeps_the_order(tmp_path, monkeypatch):
+    calls = []
+    real = training.train
+
+    def counting(model, data, **kwargs):
+        calls.append(type(model).__name__)
+        return real(model, data, **kwargs)
+    monkeypatch.setattr(training, "train", counting)
+    wanted = [("resnet", False), ("vgg", False)]
+    first = trained_models(wanted, cache_dir=tmp_path, workers=1, epochs=1, progress=False)
+    again = trained_models(wanted, cache_dir=tmp_path, workers=2, epochs=1, progress=False)
+    assert calls == ["SmallResNet", "SmallVGG"], "the second call trains nothing"
+    assert [type(m).__name__ for m in again] == ["SmallResNet", "SmallVGG"]
+    for a, b in zip(first, again):
+        assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
