@@ -262,6 +262,42 @@ def test_npz_errors(tmp_path):
         load_data(f"npz:{tmp_path / 'broken.npz'}")
 
 
+@pytest.mark.parametrize("bad, word", [(np.nan, "NaN"), (np.inf, "an infinite value")])
+def test_npz_with_non_finite_pixels_says_so(tmp_path, bad, word):
+    images = np.random.default_rng(0).uniform(size=(5, 4, 4)).astype(np.float32)
+    images[2, 1, 1] = bad
+    np.savez(tmp_path / "bad.npz", test_images=images, test_labels=np.zeros((5, 1), int))
+    with pytest.raises(InputError, match=f"finite pixel values .* got {word} "
+                                         r"\(first in sample 2\)"):
+        load_data(f"npz:{tmp_path / 'bad.npz'}")
+
+
+# ------------------------------------------------------------------- channels
+
+def test_grey_to_rgb_repeats_the_channel_and_back_is_the_identity():
+    grey = load_data("digits", samples=10)
+    rgb = load_data("digits", samples=10, channels=3)
+    assert rgb.x.shape == (10, 3, 8, 8)
+    for c in range(3):
+        assert torch.equal(rgb.x[:, c], grey.x[:, 0])
+    back = load_data("digits", samples=10, channels=1)
+    assert torch.equal(back.x, grey.x)
+
+
+def test_rgb_to_grey_is_the_luma_pillow_uses(tmp_path):
+    arrays = _write_npz(tmp_path / "bloodmnist.npz", channels=3)
+    data = load_data(f"npz:{tmp_path / 'bloodmnist.npz'}", channels=1)
+    rgb = torch.from_numpy(arrays["test_images"].astype(np.float32) / 255)
+    expected = rgb @ torch.tensor([0.299, 0.587, 0.114])
+    assert data.x.shape[1] == 1
+    torch.testing.assert_close(data.x[:, 0], expected)
+
+
+def test_channels_must_be_one_or_three():
+    with pytest.raises(InputError, match="expected channels 1 or 3, got 2"):
+        load_data("digits", channels=2)
+
+
 # ------------------------------------------------------------------ argument errors
 
 @pytest.mark.parametrize("kwargs, match", [
