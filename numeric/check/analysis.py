@@ -224,6 +224,24 @@ def _tau(first: list[float], second: list[float]) -> float:
     return float(value)
 
 
+def _bootstrap_scores(lam: list[np.ndarray], rad: list[np.ndarray], resamples: int,
+                      seed: int) -> dict[str, np.ndarray]:
+    """The measured criteria's scores on ``resamples`` resamples of each model's samples:
+    ``{criterion: array (resamples, models)}`` (NaN where a resample has nothing)."""
+    rng = np.random.default_rng(seed)
+    measured = np.full((resamples, len(lam)), np.nan)
+    attack = np.full((resamples, len(lam)), np.nan)
+    for m, (values, radii) in enumerate(zip(lam, rad)):
+        if not len(values):
+            continue
+        picks = rng.integers(0, len(values), (resamples, len(values)))
+        with warnings.catch_warnings(), np.errstate(invalid="ignore"):
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN resamples
+            measured[:, m] = np.nanmean(values[picks], axis=1)
+            attack[:, m] = -np.nanmedian(radii[picks], axis=1)
+    return {"measured": measured, "attack": attack}
+
+
 def rankings(result: CheckResult, theory_scores: dict[str, float] | None = None, *,
              resamples: int = 500, seed: int = 0) -> dict:
     """Rankings of the models and Kendall τ between every pair of criteria.
@@ -246,20 +264,15 @@ def rankings(result: CheckResult, theory_scores: dict[str, float] | None = None,
         scores = {"theory": [float(theory_scores[n]) for n in names]} | scores
     orders = {kind: _order(names, s) for kind, s in scores.items()}
 
-    rng = np.random.default_rng(seed)
-    boot: dict[str, list[list[float]]] = {k: [] for k in MEASURED_CRITERIA}
-    for _ in range(resamples):
-        picks = [rng.integers(0, len(v), len(v)) for v in lam]
-        boot["measured"].append([_mean(v[i]) for v, i in zip(lam, picks)])
-        boot["attack"].append([_attack_score(v[i]) for v, i in zip(rad, picks)])
+    boot = _bootstrap_scores(lam, rad, resamples, seed)
     agreement = []
     for first, second in combinations(scores, 2):
         entry = {"first": first, "second": second,
                  "kendall": _tau(scores[first], scores[second])}
         if first in MEASURED_CRITERIA or second in MEASURED_CRITERIA:
-            a = boot.get(first, [scores[first]] * resamples)
-            b = boot.get(second, [scores[second]] * resamples)
-            taus = np.array([_tau(x, y) for x, y in zip(a, b)])
+            a = boot.get(first, np.tile(scores[first], (resamples, 1)))
+            b = boot.get(second, np.tile(scores[second], (resamples, 1)))
+            taus = _kendall(np.nan_to_num(a, nan=np.inf), np.nan_to_num(b, nan=np.inf))
             taus = taus[np.isfinite(taus)]
             entry["kendall_ci"] = ([float(np.quantile(taus, 0.025)),
                                     float(np.quantile(taus, 0.975))]

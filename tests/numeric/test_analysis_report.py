@@ -182,3 +182,30 @@ def test_the_attack_that_found_each_minimum_is_counted_in_the_report():
     result.analysis = analyse(result)
     assert result.analysis["models"]["m0"]["attack_found_by"] == {"fmn": 20, "alma": 10}
     assert "m0: fmn 20, alma 10" in markdown_report(result, {})
+
+
+def test_ranking_intervals_match_a_plain_loop_over_resamples():
+    from scipy import stats
+
+    from numeric.check.analysis import rankings
+    result = _result(n=12)
+    result.models[1].records[0]["attack_radius"] = math.inf
+    out = rankings(result, resamples=200, seed=7)
+    rng = np.random.default_rng(7)
+    lam = [np.array([r["lambda_max"] for r in m.records]) for m in result.models]
+    rad = [np.array([r["attack_radius"] for r in m.records]) for m in result.models]
+    picks = [rng.integers(0, len(v), (200, len(v))) for v in lam]
+    measured = np.array([[v[p[i]].mean() for v, p in zip(lam, picks)] for i in range(200)])
+    attack = np.array([[-np.median(v[p[i]]) for v, p in zip(rad, picks)] for i in range(200)])
+    bound = [m.info.global_bound for m in result.models]
+    taus = np.array([stats.kendalltau(measured[i], attack[i]).statistic for i in range(200)])
+    taus = taus[np.isfinite(taus)]
+    pair = next(g for g in out["agreement"] if (g["first"], g["second"]) == ("measured",
+                                                                          "attack"))
+    assert pair["kendall_ci"] == pytest.approx([np.quantile(taus, 0.025),
+                                                np.quantile(taus, 0.975)])
+    taus = np.array([stats.kendalltau(bound, measured[i]).statistic for i in range(200)])
+    pair = next(g for g in out["agreement"] if (g["first"], g["second"]) == ("bound",
+                                                                          "measured"))
+    assert pair["kendall_ci"] == pytest.approx([np.quantile(taus, 0.025),
+                                                np.quantile(taus, 0.975)])
