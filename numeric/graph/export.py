@@ -79,6 +79,10 @@ class LeafCall:
             leaves[position] = tensor
         return pytree.tree_unflatten(leaves, self.spec)
 
+    #: shapes and structure of the outputs of the same call in an eager run, used to give
+    #: export the output shapes of a module whose own code cannot run on fake tensors
+    eager: tuple | None = None
+
     def run(self, tensors, module: nn.Module | None = None) -> list[torch.Tensor]:
         """Call the module's own forward (of ``module``, e.g. a float64 copy) on ``tensors``;
         its outputs, flattened, non-tensors replaced by empty tensors."""
@@ -88,8 +92,32 @@ class LeafCall:
         leaves, spec = pytree.tree_flatten(output)
         if self.output_spec is None:
             self.output_spec, self.output_leaves = spec, leaves
-        return [leaf.clone() if isinstance(leaf, torch.Tensor) else tensors[0].new_empty(0)
+        return [leaf.clone(memory_format=torch.contiguous_format)
+                if isinstance(leaf, torch.Tensor) else tensors[0].new_empty(0)
                 for leaf in leaves]
+
+    def fake(self, tensors) -> list[torch.Tensor]:
+        """Outputs on fake tensors, without running the module's code on them (it may
+        branch on values): empty tensors of the shapes of the same call in the eager run,
+        with the batch size made symbolic where the input's is."""
+        if self.eager is None:
+            return self.run(tensors)
+        spec, leaves, input_shape = self.eager
+        self.output_spec, self.output_leaves = spec, leaves
+        first = tensors[0] if tensors else None
+        position = next((i for i, size in enumerate(first.shape)
+                         if not isinstance(size, int)), None) if first is not None else None
+        outputs = []
+        for leaf in leaves:
+            if not isinstance(leaf, torch.Tensor):
+                outputs.append(first.new_empty(0))
+                continue
+            shape = list(leaf.shape)
+            if position is not None and position < len(shape) and input_shape is not None \
+                    and shape[position] == input_shape[position]:
+                shape[position] = first.shape[position]
+            outputs.append(first.new_empty(shape, dtype=leaf.dtype))
+        return outputs
 
 
 _CALLS: weakref.WeakValueDictionary[int, LeafCall] = weakref.WeakValueDictionary()
@@ -103,33 +131,57 @@ def _leaf(tensors: list[torch.Tensor], call: int) -> list[torch.Tensor]:
 
 @_leaf.register_fake
 def _leaf_fake(tensors, call):
-    return _CALLS[call].run(tensors)
+    return _CALLS[call].fake(tensors)
 
 
 LEAF_OP = torch.ops.fimbound.leaf.default
 
 
 @contextlib.contextmanager
-def _leaves_kept_whole(model: nn.Module, leaf_types: tuple[type, ...], calls: list):
+def _leaves_kept_whole(model: nn.Module, leaf_types: tuple[type, ...], calls: list,
+                       example: torch.Tensor):
     """Route the forward of every instance of exactly one of ``leaf_types`` through the
-    opaque ``fimbound::leaf`` operator while the model is exported."""
-    patched = []
-    for module in model.modules():
-        if type(module) in leaf_types and "forward" not in module.__dict__:
-            module.forward = _routed_forward(module, calls)
-            patched.append(module)
+    opaque ``fimbound::leaf`` operator while the model is exported, after one eager run
+    that records each call's output shapes."""
+    patched = [module for module in model.modules()
+               if type(module) in leaf_types and "forward" not in module.__dict__]
+    eager: dict = {module: [] for module in patched}
+    for module in patched:
+        module.forward = _recording_forward(module, eager[module])
     try:
+        if patched:
+            with torch.no_grad():
+                model(example)
+        for module in patched:
+            module.forward = _routed_forward(module, calls, eager[module])
         yield
     finally:
         for module in patched:
             del module.forward
 
 
-def _routed_forward(module: nn.Module, calls: list):
+def _recording_forward(module: nn.Module, records: list):
+    def forward(*args, **kwargs):
+        output = type(module).forward(module, *args, **kwargs)
+        leaves, spec = pytree.tree_flatten(output)
+        first = next((a for a in pytree.tree_leaves((args, kwargs))
+                      if isinstance(a, torch.Tensor)), None)
+        records.append((spec, [leaf.detach() if isinstance(leaf, torch.Tensor) else leaf
+                               for leaf in leaves],
+                        tuple(first.shape) if first is not None else None))
+        return output
+    return forward
+
+
+def _routed_forward(module: nn.Module, calls: list, eager: list):
+    count = itertools.count()
+
     def forward(*args, **kwargs):
         leaves, spec = pytree.tree_flatten((args, kwargs))
         positions = [i for i, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor)]
         record = LeafCall(module, leaves, spec, positions)
+        index = next(count)
+        record.eager = eager[index] if index < len(eager) else None
         number = next(_NEXT_CALL)
         _CALLS[number] = record
         calls.append((number, record))
@@ -289,7 +341,7 @@ def export_model(model: nn.Module, example_input: torch.Tensor,
     calls: list = []
     dim = torch.export.Dim("batch")
     try:
-        with _quiet(), _leaves_kept_whole(model, leaf_types, calls):
+        with _quiet(), _leaves_kept_whole(model, leaf_types, calls, x):
             program = torch.export.export(model, (x,), dynamic_shapes=({0: dim},),
                                           strict=False)
             table = torch.export.default_decompositions()

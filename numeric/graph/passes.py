@@ -50,6 +50,19 @@ def _merged(traced, key: str, into: str) -> None:
     traced.merged.add(key)
 
 
+def _contract(traced, key: str, into: str) -> None:
+    """Remove a node folded into ``into`` (its map is now part of ``into``'s constant),
+    joining its predecessor to its successors."""
+    G = traced.G
+    (pred,) = G.predecessors(key)
+    successors = list(G.successors(key))
+    G.remove_node(key)
+    for successor in successors:
+        G.add_edge(pred, successor)
+    G.nodes[into]["label"] += f" (folded {key!r})"
+    traced.merged.add(key)
+
+
 def _only_successor(G: nx.DiGraph, key: str) -> str | None:
     successors = list(G.successors(key))
     return successors[0] if len(successors) == 1 else None
@@ -68,9 +81,10 @@ def _fold_backward(traced, key: str, scale: torch.Tensor) -> bool:
         return False
     if spec.matrix is not None and spec.matrix.shape[0] != scale.numel():
         return False
+    module = G.nodes[key].get("module", "")
     _set(traced, pred, spec.fold(scale))
-    G.nodes[pred]["module"] = f"{G.nodes[pred].get('module', '')}+{G.nodes[key].get('module', '')}"
-    _merged(traced, key, pred)
+    _contract(traced, key, pred)
+    G.nodes[pred]["module"] = f"{G.nodes[pred].get('module', '')}+{module}"
     return True
 
 
@@ -101,7 +115,7 @@ def _fold_forward(traced, key: str, scale: torch.Tensor) -> bool:
         if not spec.channelwise:
             return False
     _set(traced, node, spec.fold_input(scale))
-    _merged(traced, key, node)
+    _contract(traced, key, node)
     return True
 
 

@@ -150,7 +150,9 @@ def replay_movement(run, operands: dict, output_shape) -> Movement:
     first, second = first.detach().double().cpu(), second.detach().double().cpu()
     change = second - first
     copied = change == shift
-    if not bool((copied | (change == 0)).all()):
+    # a fill does not change between the replays; uninitialised memory may hold NaN
+    filled = (change == 0) | (torch.isnan(first) & torch.isnan(second))
+    if not bool((copied | filled).all()):
         raise MixedRowsError("it is not a data movement (an output entry is neither a copy "
                              "of one input entry nor a constant)")
     codes = torch.where(copied, first - 1, torch.full_like(first, -1)).round().long()

@@ -354,9 +354,10 @@ class _Runner:
             return _Info("traced", key=source.key, rows=rows, radius=source.radius)
         if kind == "movement":
             operands = self._operands(ctx)
+            infos = {name: self.info[_node(node, name)] for name in operands}
             if isinstance(result, (list, tuple)):
-                return _Info("pending", pending=(ctx, operands, spec))
-            return self._movement(node, result, ctx, operands, spec)
+                return _Info("pending", pending=(ctx, operands, spec, infos))
+            return self._movement(node, result, ctx, operands, spec, infos)
         if kind == "sum":
             return self._sum(node, ctx, spec, result)
         if kind == "scale":
@@ -451,19 +452,23 @@ class _Runner:
         key = self.traced.local_nodes[node.name]
         ctx.spec = self.traced.specs[key]
         ctx.keep = key in self.keep
-        value = rule.local(ctx)
-        self.constants[key] = value.detach().to(torch.float64).cpu()
+        value = rule.local(ctx).detach().to(torch.float64).cpu()
+        spec_constant = ctx.spec.lipschitz
+        if isinstance(spec_constant, (int, float)) and math.isfinite(spec_constant):
+            value = value.clamp_max(spec_constant)   # the global constant holds everywhere
+        self.constants[key] = value
         if ctx.keep:
             self.stashes[key] = ctx.stash
 
-    def _movement(self, node, result, ctx, operands, spec: NodeSpec, index=None) -> _Info:
+    def _movement(self, node, result, ctx, operands, spec: NodeSpec, infos: dict,
+                  index=None) -> _Info:
         def run(encoded):
             out = ctx.replay(**_substitute(ctx, encoded))
             return out[index] if index is not None else out
         movement = replay_movement(run, operands, tuple(result.shape))
-        keys = {name: self.info[_node(node, name)].key for name in operands}
+        keys = {name: infos[name].key for name in operands}
         used = {name: c for name, c in movement.copies.items() if c > 0}
-        radius = self._movement_radius(node, operands, movement, result)
+        radius = self._movement_radius(infos, movement, result)
         if not used:
             return _Info("constant")
         name = f"{node.name}" if index is None else f"{node.name}_{index}"
@@ -494,8 +499,8 @@ class _Runner:
             "call", "")}, label="concatenation rule: sqrt(sum of squares)"), preds, node)
         return _Info("traced", key=name, rows=movement.rows, radius=radius)
 
-    def _movement_radius(self, node, operands, movement, result) -> float | None:
-        radii = [self.info[_node(node, name)].radius for name in operands]
+    def _movement_radius(self, infos: dict, movement, result) -> float | None:
+        radii = [info.radius for info in infos.values()]
         if not movement.tokens_whole or any(r is None for r in radii) or result.dim() == 0:
             return None
         copies = max(movement.copies.values(), default=1)

@@ -2,7 +2,8 @@
 
 :func:`assert_sound` traces a model and compares every certified quantity with the exact
 value: the global Fisher and Lipschitz bounds at the example rows and at random points
-(they hold for every input), the local Fisher bound at the rows. :func:`cached_exports`
+(they hold for every input), the local Fisher bound at the rows, and every rule's constant
+against the exact Jacobian of its own operation (``tests/numeric/node_check.py``). :func:`cached_exports`
 lets a test re-trace one architecture with new weights without exporting it again (the
 exported graph reads the module's own parameter tensors).
 """
@@ -62,7 +63,8 @@ def assert_sound(model: torch.nn.Module, x: torch.Tensor, *, points: int = 2, sc
     random = scale * torch.randn((points, *x.shape[1:]), generator=generator,
                                  dtype=torch.float64)
     measured = Measured(traced, model, x, random)
-    problems = measured.violations()
+    from tests.numeric.node_check import rule_violations
+    problems = measured.violations() + rule_violations(model, x, traced._traced.exported)
     assert not problems, f"{type(model).__name__}: " + "; ".join(problems)
     return measured
 

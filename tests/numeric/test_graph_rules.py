@@ -9,9 +9,16 @@ import torch
 from torch import nn
 
 import theory
-from numeric.graph.bound import _softmax_factor_norm, _trace
-from numeric.graph.registry import GraphOptions
+from numeric.graph import trace_model
+from numeric.graph.bound import _softmax_factor_norm
 from tests.numeric.graph_models import ACTIVATIONS
+
+#: the theory name and parameters of each activation module of ``ACTIVATIONS``
+THEORY = {"relu": ("relu", {}), "leaky_relu": ("leaky_relu", {"negative_slope": 0.1}),
+          "elu": ("elu", {"alpha": 1.0, "scale": 1.0, "input_scale": 1.0}),
+          "tanh": ("tanh", {}), "sigmoid": ("sigmoid", {}),
+          "softplus": ("softplus", {"beta": 1.0, "threshold": 20.0}), "gelu": ("gelu", {}),
+          "silu": ("silu", {}), "hardswish": ("hardswish", {}), "mish": ("mish", {})}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -34,16 +41,23 @@ class Head(nn.Module):
         return self.readout(self.op(x).flatten(1))
 
 
-def constants(op: nn.Module, x: torch.Tensor, key: str = "op"):
-    """(global constant, local constants per row) of the node of ``op``."""
+def constants(op: nn.Module, x: torch.Tensor, module: str = "op"):
+    """(global constant, local constants per row) of the module at ``module``: the product
+    of the constants of the graph nodes it became (a chain), and the local constants of the
+    one among them that has a local rule (None if none does)."""
     op = op.double().eval()
     with torch.no_grad():
         features = op(x[:1]).flatten(1).shape[1]
     model = Head(op, features).double().eval()
-    traced = _trace("test", model, x, GraphOptions(allow_unbounded=True, centre_logits=False,
-                                                    fold_batchnorm=False))
-    local, _, _ = traced.local_constants(x)
-    return traced.G.nodes[key].get("lipschitz"), local.get(key)
+    traced = trace_model(model, x, centre_logits=False, fold_batchnorm=False,
+                         self_check=False)
+    G = traced.graph
+    keys = [key for key, data in G.nodes(data=True) if data.get("module") == module]
+    local, _, _ = traced._traced.local_constants(x)
+    with_local = [key for key in keys if key in local]
+    assert len(with_local) <= 1
+    value = math.prod(G.nodes[key]["lipschitz"] for key in keys)
+    return value, (local[with_local[0]] if with_local else None)
 
 
 def exact_norms(op: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -64,13 +78,12 @@ def test_activation_constants(name):
     global_value, local = constants(ACTIVATIONS[name](), x)
     exact = exact_norms(ACTIVATIONS[name](), x)
     assert bool((local >= exact).all())
-    assert bool((local <= exact * (1 + 1e-6) + 1e-6).all()) or name in (
-        "relu", "leaky_relu", "hardswish")                  # kinks count both sides
-    assert global_value >= float(local.max()) * (1 - 1e-12)
-    reference = theory.ACTIVATIONS.get(name)
-    if reference is not None and name != "gelu":
-        assert global_value == pytest.approx(float(reference.constant()), rel=1e-7) or \
-            name in ("leaky_relu", "elu", "softplus")
+    # the widening for rounding (1e-8 relative to the row's magnitude) is all the slack
+    assert bool((local <= exact * (1 + 1e-6) + 1e-6).all())
+    assert global_value >= float(local.max())
+    theory_name, params = THEORY[name]
+    assert global_value == pytest.approx(float(theory.activation_lipschitz(
+        theory_name, **params)), rel=1e-7)
 
 
 @pytest.mark.parametrize("kernel,stride,padding,dilation,ceil", [
@@ -101,8 +114,6 @@ def test_linear_and_selection_ops(op):
         op.running_var.uniform_(0.2, 4.0)
         op.weight.data.uniform_(-2, 2)
     global_value, local = constants(op, x)
-    if global_value is None:                          # a coordinate map: theory's 1
-        global_value = 1.0
     exact = exact_norms(op, x)
     assert global_value >= float(exact.max())
     if local is not None:
@@ -148,7 +159,7 @@ def test_attention_local_constants():
     torch.manual_seed(5)
     x = torch.randn(3, 4, 6, dtype=torch.float64)
     op = SelfAttention()
-    _, local = constants(op, x, key="op_op")
+    _, local = constants(op, x, module="op.op")
     exact = exact_norms(op, x)
     assert bool((local >= exact).all())
     assert bool((local <= 50 * exact).all())

@@ -108,7 +108,7 @@ def _activation_radius(constant: float, at_zero: float):
 
 
 def _curvature(ctx: RuleContext) -> float:
-    """:math:`\sup|\phi''|` on the smooth pieces (:func:`theory.second_derivative_bound`)."""
+    r""":math:`\sup|\phi''|` on the smooth pieces (:func:`theory.second_derivative_bound`)."""
     name, params = _theory_call(ctx)
     return certify(theory.second_derivative_bound(name, **params))
 
