@@ -19,8 +19,8 @@ import shlex
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
@@ -41,10 +41,8 @@ class Announcer:
 
     notes: bool = True
     bars: bool = True
-    messages: list[str] = field(default_factory=list)
 
     def note(self, text: str) -> None:
-        self.messages.append(text)
         if self.notes:
             print(f"[check] {text}", file=sys.stderr, flush=True)
 
@@ -55,7 +53,8 @@ class Announcer:
         return tqdm(total=total, desc=desc, unit="sample", leave=False, file=sys.stderr)
 
 
-def ensure_writable(out: str | os.PathLike, flag: str = "--out") -> Path:
+def ensure_writable(out: str | os.PathLike, flag: str = "--out", caller: str = "check"
+                    ) -> Path:
     """Refuse, before any model loads, an output folder that cannot be written.
 
     The folder is not created; a file is created and removed in it (or in its nearest
@@ -74,13 +73,13 @@ def ensure_writable(out: str | os.PathLike, flag: str = "--out") -> Path:
             break
         probe_dir = probe_dir.parent
     if not probe_dir.is_dir():
-        raise InputError(f"check: expected a folder (or a new path) for {flag}, got "
+        raise InputError(f"{caller}: expected a folder (or a new path) for {flag}, got "
                          f"{str(out)!r}: {str(probe_dir)!r} is not a folder.")
     try:
         with tempfile.TemporaryFile(dir=probe_dir):
             pass
     except OSError as err:
-        raise InputError(f"check: expected a writable folder for {flag}, got {str(out)!r} "
+        raise InputError(f"{caller}: expected a writable folder for {flag}, got {str(out)!r} "
                          f"({err.strerror or type(err).__name__}).") from err
     return out
 
@@ -228,13 +227,16 @@ def run_check(models: Sequence, data, settings: CheckSettings, *, out: str | os.
     run = RunInfo(command=command, versions=versions(), device=str(ctx.device),
                   run_key=store.key({"models": [k for _, k, _ in keyed]}),
                   chunks_total=total * len(keyed), chunks_done=total * len(keyed))
+    def record_run() -> None:
+        store.write_manifest(settings=settings, data_name=data.name, num_samples=len(x),
+                             models=[(m.name, m.spec, k) for m, k, _ in keyed], run=run)
+
     if ctx.is_main:
         if not resume:
             for _, key, _ in keyed:
                 for path in (store.root / key).glob("samples.*.jsonl"):
                     path.unlink()
-        store.write_manifest(settings=settings, data_name=data.name, num_samples=len(x),
-                             models=[(m.name, m.spec, k) for m, k, _ in keyed], run=run)
+        record_run()
         announce.note(f"results are logged in {store.root} as they are computed; if the "
                       f"run stops (Ctrl-C), rerun the same command to resume")
         for model, key, _ in keyed:
@@ -255,8 +257,10 @@ def run_check(models: Sequence, data, settings: CheckSettings, *, out: str | os.
     seconds["models"] = time.perf_counter() - start
     if not ctx.is_main:
         return None
-    result = CheckResult(settings=settings, data_name=data.name, models=results, run=run)
-    return _finish(result, out, seconds)
+    result = _finish(CheckResult(settings=settings, data_name=data.name, models=results,
+                                 run=run), out, seconds)
+    record_run()  # with the timings, for a later `fimbound report`
+    return result
 
 
 def _finish(result: CheckResult, out: Path, seconds: dict) -> CheckResult:
@@ -285,7 +289,7 @@ def rebuild_report(out: str | os.PathLike, announce: Announcer | None = None, *,
         ``OUT`` holds no results log, or nothing was computed yet.
     """
     announce = announce or Announcer(bars=False)
-    out = ensure_writable(out)
+    out = ensure_writable(out, "DIR", "report")
     store = RunStore(out)
     result, missing = store.load()
     if bootstrap is not None:

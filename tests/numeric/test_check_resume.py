@@ -201,6 +201,7 @@ def test_report_rebuilds_the_same_results_without_torch(tmp_path, spec):
     after = _document(out)
     assert after["models"] == before["models"]
     assert after["analysis"] == before["analysis"]
+    assert {"load", "validate", "models"} <= set(after["run"]["seconds"])
     assert {"report.md", "bounds_vs_measured.png"} <= {p.name for p in out.iterdir()}
 
 
