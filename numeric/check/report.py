@@ -41,6 +41,23 @@ def _fmt(value, digits: int = 3) -> str:
     return f"{value:.{digits - 1}e}"
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _order_text(order: list[str], scores: dict[str, float]) -> str:
+    """``a < b = c``: most robust first, equal scores (ties) joined by ``=``.
+
+    >>> _order_text(["a", "b", "c"], {"a": 1.0, "b": 2.0, "c": 2.0})
+    'a < b = c'
+    """
+    text = order[0]
+    for before, name in zip(order, order[1:]):
+        tie = scores.get(before) == scores.get(name)
+        text += f" {'=' if tie else '<'} {name}"
+    return text
+
+
 def _ci(values) -> str:
     if not values:
         return ""
@@ -157,11 +174,11 @@ def _intro(result: CheckResult) -> list[str]:
                       f"results log of an earlier run with the same models and settings."]
     lines += ["",
               "All λ are the largest eigenvalue of the input Fisher information "
-              "F(x) = Jᵀ(diag p − ppᵀ)J; bounds are certified upper bounds; the attack radius "
-              "is the smallest L2 perturbation found by the minimum-norm attack "
-              f"({s.attack_steps} steps, {s.attack_restarts} restarts; ∞ when none was "
-              "found); the certified radius is margin/(√2·L) with L the certified Lipschitz "
-              "constant of the centred logits.", ""]
+              "F(x) = Jᵀ(diag p − ppᵀ)J; bounds are certified upper bounds; the attack "
+              "radius is the smallest L2 perturbation found by the minimum-norm attack "
+              f"({s.attack_steps} steps, {_count(s.attack_restarts, 'restart')}; ∞ when "
+              "none was found); the certified radius is margin/(√2·L) with L the certified "
+              "Lipschitz constant of the centred logits.", ""]
     return lines
 
 
@@ -232,8 +249,8 @@ def _robustness(result: CheckResult) -> list[str]:
     if not keys:
         return []
     lines = ["## Robust accuracy under PGD", "",
-             f"{s.pgd_steps} steps, {s.pgd_restarts} restarts; a sample counts as robust "
-             "when no restart changes its label.", "",
+             f"{s.pgd_steps} steps, {_count(s.pgd_restarts, 'restart')}; a sample counts "
+             "as robust when no restart changes its label.", "",
              "| model | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
     for m in result.models:
         ra = an["models"][m.info.name]["robust_accuracy"]
@@ -247,7 +264,9 @@ def _rankings(result: CheckResult) -> list[str]:
     lines = ["## Rankings (most robust first)", ""]
     if not rk.get("orders"):
         return lines + [f"No rankings: {rk.get('reason') or 'not computed'}.", ""]
-    lines += [f"- **{kind}**: {' < '.join(order)}" for kind, order in rk["orders"].items()]
+    names = [m.info.name for m in result.models]
+    lines += [f"- **{kind}**: {_order_text(order, dict(zip(names, rk['scores'][kind])))}"
+              for kind, order in rk["orders"].items()]
     if rk.get("theory_note"):
         lines += ["", rk["theory_note"]]
     lines += ["", "Kendall τ between rankings. Rankings from bounds do not depend on the "

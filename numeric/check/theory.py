@@ -1,17 +1,16 @@
 """The theoretical ranking of a check: family closed forms at one shared layer constant.
 
-Everything ``check`` knows about architecture families lives here (and nothing of it
-needs torch): which family a model belongs to (:func:`describe_family`), its closed form
-(:func:`closed_form_for`) and the scores of the ranking (:func:`theory_scores`).
-
-The family knowledge itself lives in :mod:`bounds.families` (one module per family,
-registered in one place); a family registered there is ranked here with no change.
+Everything ``check`` does with architecture families is here (and none of it needs
+torch): which family a model belongs to (:func:`describe_family`), its closed form
+(:func:`closed_form_for`) and the scores of the ranking (:func:`theory_scores`). The
+families themselves are :mod:`bounds.families` (one module each, registered in one
+place); a family registered there is ranked here with no change.
 
 The ranking evaluates each model's family closed form — a certified Lipschitz bound with
 symbolic per-layer constants (``Family.closed_form``, at a preset's options or at the
-depth a model declares) — with every per-layer constant set to the same value ``h``: the geometric mean of the certified conv/linear norms of all the models
-checked together. It ranks architectures, not weights; it is defined only when every model
-has a closed form.
+depth a model declares) — with every symbol set to the same value ``h``: the geometric
+mean of the certified conv/linear norms of all the models checked together. It ranks
+architectures, not weights; it is defined only when every model has a closed form.
 """
 
 from __future__ import annotations

@@ -209,3 +209,10 @@ def test_ranking_intervals_match_a_plain_loop_over_resamples():
                                                                           "measured"))
     assert pair["kendall_ci"] == pytest.approx([np.quantile(taus, 0.025),
                                                 np.quantile(taus, 0.975)])
+
+
+def test_equal_scores_are_shown_as_ties_in_the_orders():
+    result = _result()
+    result.models[1].info.family_depth = result.models[0].info.family_depth
+    result.analysis = analyse(result)
+    assert "- **theory**: m0 = m1 < m2" in markdown_report(result, {})

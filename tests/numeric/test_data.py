@@ -188,7 +188,8 @@ def test_cifar10(tmp_path, nested):
 def test_cifar10_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="expected a CIFAR-10 directory"):
         load_data(f"cifar10:{tmp_path / 'nowhere'}")
-    with pytest.raises(FileNotFoundError, match="expected a CIFAR-10 batch file, got .*test_batch"):
+    with pytest.raises(FileNotFoundError,
+                       match="expected a CIFAR-10 batch file, got .*test_batch"):
         load_data(f"cifar10:{tmp_path}")
     with open(tmp_path / "test_batch", "wb") as handle:
         pickle.dump({b"pixels": np.zeros((2, 3072), np.uint8)}, handle)
