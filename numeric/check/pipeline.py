@@ -239,8 +239,10 @@ def _blackbox(chunk: Chunk) -> dict:
 def _attack(chunk: Chunk) -> dict:
     from numeric.attacks import minimum_norm_attack
     s = chunk.settings
+    members = {"attacks": list(s.attacks)} if s.attacks else {}
     result = minimum_norm_attack(chunk.model, chunk.x, chunk.pred, steps=s.attack_steps,
-                                 restarts=s.attack_restarts, generator=chunk.generator)
+                                 restarts=s.attack_restarts, generator=chunk.generator,
+                                 **members)
     out = {"attack_radius": torch.as_tensor(result.norms, dtype=torch.float64).tolist()}
     found_by = getattr(result, "found_by", None)  # which ensemble member found the minimum
     if found_by is not None:

@@ -176,7 +176,8 @@ def _intro(result: CheckResult) -> list[str]:
               "All λ are the largest eigenvalue of the input Fisher information "
               "F(x) = Jᵀ(diag p − ppᵀ)J; bounds are certified upper bounds; the attack "
               "radius is the smallest L2 perturbation found by the minimum-norm attack "
-              f"({s.attack_steps} steps, {_count(s.attack_restarts, 'restart')}; ∞ when "
+              f"ensemble ({', '.join(s.attacks) if s.attacks else 'its default members'}; "
+              f"{s.attack_steps} steps, {_count(s.attack_restarts, 'restart')}; ∞ when "
               "none was found); the certified radius is margin/(√2·L) with L the certified "
               "Lipschitz constant of the centred logits.", ""]
     return lines

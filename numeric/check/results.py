@@ -63,7 +63,11 @@ SAMPLE_FIELDS: dict[str, str] = {
 @dataclass(frozen=True)
 class CheckSettings:
     """Everything that determines the per-sample numbers of a check (and ``bootstrap``,
-    which only changes the statistics, so it is left out of the resume key)."""
+    which only changes the statistics, so it is left out of the resume key).
+
+    ``attacks`` names the members of the minimum-norm attack ensemble
+    (:func:`numeric.attacks.minimum_norm_attack`); empty: its default ensemble.
+    """
 
     samples: int = 100
     chunk_size: int = 16
@@ -71,6 +75,7 @@ class CheckSettings:
     queries: int = 200
     attack_steps: int = 200
     attack_restarts: int = 2
+    attacks: tuple[str, ...] = ()
     pgd_l2: tuple[float, ...] = (0.5, 1.0)
     pgd_linf: tuple[float, ...] = (0.05, 0.1)
     pgd_steps: int = 50
@@ -89,6 +94,8 @@ class CheckSettings:
         for key in ("pgd_l2", "pgd_linf"):
             if key in values:
                 values[key] = tuple(float(v) for v in values[key])
+        if "attacks" in values:
+            values["attacks"] = tuple(str(v) for v in values["attacks"])
         return cls(**values)
 
 

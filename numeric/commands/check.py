@@ -47,6 +47,10 @@ def add_check_options(parser: argparse.ArgumentParser, defaults=None,
                         help=f"minimum-norm attack steps (default: {d.attack_steps})")
     parser.add_argument("--attack-restarts", type=int, default=d.attack_restarts,
                         help=f"minimum-norm attack restarts (default: {d.attack_restarts})")
+    parser.add_argument("--attacks", nargs="+", default=list(d.attacks), metavar="NAME",
+                        help="members of the minimum-norm attack ensemble (default: "
+                             + (" ".join(d.attacks) if d.attacks else
+                                "the full ensemble of numeric.attacks") + ")")
     parser.add_argument("--pgd-l2", type=float, nargs="*", default=list(d.pgd_l2),
                         metavar="EPS", help=f"PGD-L2 radii (default: {list(d.pgd_l2)})")
     parser.add_argument("--pgd-linf", type=float, nargs="*", default=list(d.pgd_linf),
@@ -108,7 +112,8 @@ def settings_from(args: argparse.Namespace):
         raise InputError(f"check: expected --workers >= 1, got {args.workers}.")
     return CheckSettings(samples=args.samples, chunk_size=args.chunk_size, seed=args.seed,
                          queries=args.queries, attack_steps=args.attack_steps,
-                         attack_restarts=args.attack_restarts, pgd_l2=tuple(args.pgd_l2),
+                         attack_restarts=args.attack_restarts, attacks=tuple(args.attacks),
+                         pgd_l2=tuple(args.pgd_l2),
                          pgd_linf=tuple(args.pgd_linf), pgd_steps=args.pgd_steps,
                          pgd_restarts=args.pgd_restarts, bootstrap=args.bootstrap)
 
