@@ -77,20 +77,22 @@ def whitened_jacobian(model: nn.Module, lin: Linearization, *, dtype: torch.dtyp
     :math:`-e_{k^*}`, :math:`k^* = \arg\max p`, minus that column
     (:func:`~numeric.fisher.operator.softmax_complement_basis`). ``K - 1`` VJPs: with
     ``c = replicas(...) > 1`` copies of every row, ``ceil((K - 1) / c)`` backward passes
-    over ``B c`` rows (one extra forward pass builds the replicated graph); otherwise
-    ``K - 1`` passes over the ``B`` rows of ``lin``.
+    over ``B c`` rows (one extra forward pass builds the replicated graph, and the graph of
+    ``lin`` is released); otherwise ``K - 1`` passes over the ``B`` rows of ``lin``.
     """
     batch, classes = lin.batch, lin.num_classes
     cotangents = softmax_complement_basis(lin.probabilities)         # (B, K-1, K)
     rows = lin.x.new_empty(batch, classes - 1, lin.num_features)
     copies = replicas(lin, device)
     if copies > 1:
+        lin.release()  # only its probabilities are needed from here on
         try:
             return _replicated_vjps(model, lin, cotangents, rows, copies, dtype=dtype,
                                     caller=caller, device=device)
-        except torch.OutOfMemoryError:  # the estimate was optimistic: one row at a time
+        except torch.OutOfMemoryError:  # the estimate was optimistic: one class per pass
             if device.type == "cuda":
                 torch.cuda.empty_cache()
+            lin = Linearization(model, lin.x, dtype=dtype, caller=caller, device=device)
     for j in range(classes - 1):
         rows[:, j] = lin.vjp(cotangents[:, j]).reshape(batch, -1)
     return rows

@@ -111,7 +111,9 @@ class GramOperator:
         self._lin = linearization if block == 1 else None
 
     def _build(self, rows: torch.Tensor) -> None:
-        self._lin = None  # free the old graph first
+        if self._lin is not None:  # free the old graphs first
+            self._lin.release()
+        self._lin = None
         inputs = self._x[rows.to(self._x.device)].repeat_interleave(self.block, dim=0)
         self._lin = Linearization(self._model, inputs, dtype=self._dtype,
                                   caller=self._caller, device=self._device)

@@ -136,6 +136,12 @@ class Linearization:
     def _function(self, z: torch.Tensor) -> torch.Tensor:
         return torch.func.functional_call(self._model, self._tensors, (z,))
 
+    def release(self) -> None:
+        """Free the autograd graphs (the memory of the batch's activations); the detached
+        ``logits`` and ``probabilities`` stay, the products are no longer available."""
+        self._logits = self._logits.detach()
+        self._dual = None
+
     @property
     def _depends_on_input(self) -> bool:
         return self._logits.requires_grad

@@ -230,3 +230,17 @@ def test_gram_operator_rebuilds_for_the_rows_still_asked_for(monkeypatch):
     for got, rows, width in ((every, [0, 1, 2, 3], 2), (three, [0, 1, 3], 2),
                              (two, [1, 3], 2), (one, [3], 1)):
         torch.testing.assert_close(got, expected[rows, :width], rtol=1e-12, atol=1e-15)
+
+
+def test_out_of_memory_in_the_packed_passes_falls_back_to_one_class_per_pass(monkeypatch):
+    model, x = build("residual", batch=3)
+    packed = fisher_eigenvalues(model, x)
+    calls = []
+
+    def out_of_memory(*args, **kwargs):
+        calls.append(1)
+        raise torch.OutOfMemoryError("simulated")
+
+    monkeypatch.setattr(exact_module, "_replicated_vjps", out_of_memory)
+    torch.testing.assert_close(fisher_eigenvalues(model, x), packed, rtol=1e-12, atol=0)
+    assert calls == [1]
