@@ -6,13 +6,16 @@ same model and inputs (best of ``repeats`` runs), and reported as a ratio to the
 
 - K = 10, batch 64, a small CNN on 16x16 inputs: ``fisher_top_eigenvalue(method="auto")``
   (which picks the exact path) against the baseline, values to 1e-5 relative.
-- K = 1000 (an ImageNet-sized head), batch 16: Lanczos against the baseline.
+- K = 1000 (an ImageNet-sized head), batch 16: the default path (Lanczos) and the exact
+  path against the baseline, on small CNN / ViT models.
+- K = 1000 on torchvision models at 32x32 (random init): resnet18 on 2 and 8 inputs and a
+  CIFAR-sized torchvision ``VisionTransformer`` (patch 4, 6 layers, width 256) on 2
+  inputs. Errors there are against float64 Lanczos to a relative residual of 1e-10.
 - Peak memory per input of the exact and Lanczos paths at K = 1000: on CPU the growth of
   the peak resident set size (``ru_maxrss``) of a fresh subprocess running one call, next
-  to the analytic size of the exact path's ``B (K-1) d`` Jacobian; on CUDA
-  ``torch.cuda.max_memory_allocated``.
-- On CUDA also torchvision resnet18 and vit_b_16 (224x224, K = 1000); without a GPU the
-  section says that it was skipped.
+  to the analytic size of the exact path's ``B (K-1) d`` Jacobian.
+
+The CUDA rows (torchvision at 224x224) are :mod:`benchmarks.gpu`.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from torch import nn
 
 from benchmarks._threads import single_threaded
 
-__all__ = ["run", "SmallCNN", "SmallViT", "benchmark_model", "torchvision_section"]
+__all__ = ["run", "SmallCNN", "SmallViT", "benchmark_model", "cifar_vit"]
 
 
 class SmallCNN(nn.Module):
@@ -113,13 +116,15 @@ def _row(name, seconds, base_seconds, values, base, reference, note=""):
             f"{float(exact.abs().median()):.1e} | {note} |")
 
 
-def _comparison(title: str, model: nn.Module, x: torch.Tensor, methods, repeats: int) -> str:
+def _comparison(title: str, model: nn.Module, x: torch.Tensor, methods, repeats: int,
+                reference: torch.Tensor | None = None, preface: str = "") -> str:
     from benchmarks.baseline import paper_top_eigenvalue
     from numeric.fisher import fisher_eigenvalues, fisher_top_eigenvalue
 
-    reference = fisher_eigenvalues(model, x, dtype=torch.float64)[:, 0]
+    if reference is None:
+        reference = fisher_eigenvalues(model, x, dtype=torch.float64)[:, 0]
     base_seconds, base = _best_time(lambda: paper_top_eigenvalue(model, x), repeats)
-    lines = [f"### {title}", "",
+    lines = [f"### {title}", "", *([preface, ""] if preface else []),
              "| method | seconds | speed-up vs paper | max rel. diff vs paper | "
              "max rel. error vs float64 | median rel. error vs float64 | notes |",
              "|---|---|---|---|---|---|---|",
@@ -131,10 +136,51 @@ def _comparison(title: str, model: nn.Module, x: torch.Tensor, methods, repeats:
                                           return_diagnostics=True, **kwargs), repeats)
         note = f"ran {diagnostics.method}"
         if diagnostics.method in ("lanczos", "power"):
-            note += (f", {diagnostics.products} products, converged "
+            note += (f", {diagnostics.products} products (block {diagnostics.block_size}, "
+                     f"{int(diagnostics.iterations.max())} per row at most), converged "
                      f"{int(diagnostics.converged.sum())}/{len(values)}")
         lines.append(_row(label, seconds, base_seconds, values, base, reference, note))
     return "\n".join(lines)
+
+
+def cifar_vit(num_classes: int = 1000, size: int = 32, seed: int = 0) -> nn.Module:
+    """torchvision ``VisionTransformer`` sized for 32x32 inputs (patch 4: 65 tokens of width
+    256, 6 layers, 8 heads), random init; the zero-initialised head is redrawn
+    N(0, 0.05^2) so that F is not 0."""
+    from torchvision.models import VisionTransformer
+
+    torch.manual_seed(seed)
+    model = VisionTransformer(image_size=size, patch_size=4, num_layers=6, num_heads=8,
+                              hidden_dim=256, mlp_dim=512, num_classes=num_classes)
+    nn.init.normal_(model.heads.head.weight, std=0.05)
+    return model.eval()
+
+
+def _torchvision_sections(quick: bool) -> list[str]:
+    """resnet18 and a ViT from torchvision at 32x32, K = 1000, against the paper's recipe."""
+    from benchmarks.gpu import torchvision_model
+    from numeric.fisher import fisher_top_eigenvalue
+
+    generator = torch.Generator().manual_seed(2)
+    cases = [("resnet18", torchvision_model("resnet18", 32), 2)]
+    if not quick:
+        cases += [("resnet18", cases[0][1], 8), ("ViT (torchvision, patch 4)", cifar_vit(), 2)]
+    sections = []
+    for name, model, batch in cases:
+        x = torch.randn(batch, 3, 32, 32, generator=generator)
+        reference = fisher_top_eigenvalue(model, x, "lanczos", tol=1e-10, dtype=torch.float64,
+                                          generator=torch.Generator().manual_seed(3))
+        with torch.no_grad():
+            top = torch.softmax(model(x), dim=-1).max(dim=-1).values
+        preface = (f"Largest softmax probability per input: "
+                   f"{', '.join(f'{float(p):.3f}' for p in top)}. Errors against float64 "
+                   f"Lanczos to a relative residual of 1e-10.")
+        sections += ["", _comparison(
+            f"K = 1000, batch {batch}, torchvision {name} on 3x32x32 (random init)",
+            model, x, [("fisher_top_eigenvalue(method='auto')", {"method": "auto"}),
+                       ("fisher_top_eigenvalue(method='exact')", {"method": "exact"})],
+            1, reference=reference.double(), preface=preface)]
+    return sections
 
 
 _MEMORY_SCRIPT = """
@@ -200,62 +246,8 @@ def _memory_section(batch: int) -> str:
         "|---|---|---|---|", *rows])
 
 
-def _gpu_section(quick: bool) -> str:
-    if not torch.cuda.is_available():
-        return ("### torchvision resnet18 / vit_b_16 on GPU\n\n"
-                "No GPU in this run: the torchvision resnet18 / vit_b_16 comparison "
-                "(224x224, K = 1000) was skipped. Rerun `python -m benchmarks` on a CUDA "
-                "machine to fill this section.")
-    return torchvision_section(torch.device("cuda"), batch=4 if quick else 16, size=224)
-
-
-def torchvision_section(device: torch.device, batch: int, size: int) -> str:
-    """resnet18 and vit_b_16 (random init, K = 1000): paper recipe vs Lanczos vs exact.
-
-    torchvision initialises the ViT head to zero (F = 0); it is redrawn N(0, 0.05^2).
-    Peak memory is ``torch.cuda.max_memory_allocated`` on CUDA (not measured on CPU).
-    """
-    import torchvision.models as tvm
-
-    from benchmarks.baseline import paper_top_eigenvalue
-    from numeric.fisher import fisher_top_eigenvalue
-    cuda = device.type == "cuda"
-    where = torch.cuda.get_device_name(device) if cuda else "CPU"
-    lines = [f"### torchvision resnet18 / vit_b_16 ({size}x{size}, K = 1000)", "",
-             f"{where}; batch {batch}; float32.", "",
-             "| model | method | seconds | speed-up vs paper | max rel. diff | "
-             "peak MiB / input |", "|---|---|---|---|---|---|"]
-
-    def measured(function):
-        if cuda:
-            torch.cuda.reset_peak_memory_stats(device)
-        seconds, values = _best_time(function, 1)
-        memory = torch.cuda.max_memory_allocated(device) / 2 ** 20 / batch if cuda else None
-        return seconds, values, "-" if memory is None else f"{memory:.0f}"
-
-    for name in ("resnet18", "vit_b_16"):
-        torch.manual_seed(0)
-        extra = {"image_size": size} if name == "vit_b_16" else {}
-        model = tvm.get_model(name, weights=None, **extra)
-        if name == "vit_b_16":
-            nn.init.normal_(model.heads.head.weight, std=0.05)
-        model = model.to(device).eval()
-        x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(1)
-                        ).to(device)
-        base_seconds, base, base_memory = measured(lambda: paper_top_eigenvalue(model, x))
-        lines.append(f"| {name} | paper recipe | {base_seconds:.2f} | 1.0x | 0 | "
-                     f"{base_memory} |")
-        for method in ("lanczos", "exact"):
-            seconds, values, memory = measured(lambda: fisher_top_eigenvalue(
-                model, x, method, generator=torch.Generator().manual_seed(0)))
-            lines.append(f"| {name} | {method} | {seconds:.2f} | "
-                         f"{base_seconds / seconds:.1f}x | {_relative(values, base):.1e} | "
-                         f"{memory} |")
-    return "\n".join(lines)
-
-
 def run(quick: bool = False) -> str:
-    """Markdown section: speed and agreement with the paper's recipe, memory, GPU.
+    """Markdown section: speed and agreement with the paper's recipe, memory.
 
     CPU timings use one thread (restored afterwards): the machines this runs on are
     shared, and one thread keeps the side-by-side ratios stable.
@@ -267,9 +259,12 @@ def _run(quick: bool) -> str:
     repeats = 2 if quick else 3
     generator = torch.Generator().manual_seed(1)
     sections = ["## White-box estimators vs the paper's recipe", "",
-                f"CPU, 1 torch thread, float32; random-init models "
-                f"(last layer x4), inputs N(0, 1). Best of {repeats} runs per method. "
-                f"Errors are against `fisher_eigenvalues(..., dtype=torch.float64)`; a ReLU "
+                f"CPU, 1 torch thread, float32; random-init models (the small ones with "
+                f"their last layer x4, the torchvision ones as initialised), inputs N(0, 1). "
+                f"Best of {repeats} runs per method for the small models, one run for the "
+                f"torchvision ones. Errors are against float64 values "
+                f"(`fisher_eigenvalues(..., dtype=torch.float64)` unless a table says "
+                f"otherwise); a ReLU "
                 f"or max-pool input within rounding of its kink can switch sides between "
                 f"float32 kernels of different batch sizes, which moves that input's float32 "
                 f"value (paper recipe or ours) by up to ~1e-3.", ""]
@@ -292,7 +287,8 @@ def _run(quick: bool) -> str:
             [("fisher_top_eigenvalue(method='auto')", {"method": "auto"}),
              ("fisher_top_eigenvalue(method='exact')", {"method": "exact"})],
             1 if kind == "vit" or quick else 2)]
-    sections += ["", _memory_section(batch), "", _gpu_section(quick)]
+    sections += _torchvision_sections(quick)
+    sections += ["", _memory_section(batch)]
     return "\n".join(sections)
 
 
