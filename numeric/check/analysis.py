@@ -294,7 +294,7 @@ def _model_statistics(model: ModelResult, settings) -> dict:
     correct = _values(records, "correct")
     max_lam = _max(lam)
     positive = lam > 0
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore", over="ignore"):
         blackbox_error = np.abs(blackbox[positive] - lam[positive]) / lam[positive]
     robust_keys = sorted({k for r in records for k in r if k.startswith("pgd_")})
     found_by: dict[str, int] = {}
