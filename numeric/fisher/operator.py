@@ -26,9 +26,10 @@ vectors have ``K`` entries, not ``d``; ``A`` needs no eigendecomposition.
 Batching over inputs uses the model's own batch dimension: in eval mode the rows of a
 batch do not interact, so one backward pass with a cotangent per row gives every row's
 VJP. JVPs are computed as the derivative of the (linear) VJP map with respect to its
-cotangent -- "JVP through a double VJP" -- on the graph of a single forward pass, and fall
-back to forward-mode AD (:mod:`torch.autograd.forward_ad`) for models whose operations lack
-double backward. Both need the math attention kernel, which :func:`model_context` selects.
+cotangent -- "JVP through a double VJP" -- on the graph of a single forward pass (made
+under :func:`~numeric.fisher._autodiff.linearization_friendly`, which gives convolutions
+and eval-mode batch norm cheap double backwards), and fall back to forward-mode AD
+(:mod:`torch.autograd.forward_ad`) for models whose operations lack double backward. Both need the math attention kernel, which :func:`model_context` selects.
 A :class:`Linearization` of ``x`` repeated ``c`` times along the batch gives ``c``
 independent products per row in one pass, which the exact path and block Lanczos use to
 keep the batch large enough for efficient kernels (:mod:`numeric.fisher.exact`,
@@ -37,10 +38,13 @@ keep the batch large enough for efficient kernels (:mod:`numeric.fisher.exact`,
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
 from numeric.errors import InputError
+from numeric.fisher._autodiff import linearization_friendly
 from numeric.fisher._validation import (
     check_batch,
     check_logits,
@@ -133,8 +137,12 @@ class Linearization:
         self._forward_mode = False
         self._double_vjp_error: BaseException | None = None
 
-    def _function(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.func.functional_call(self._model, self._tensors, (z,))
+    def _function(self, z: torch.Tensor, *, friendly: bool = True) -> torch.Tensor:
+        """The model on ``z`` with the parameter copies; ``friendly``: convolutions and
+        eval-mode batch norm with cheap double backwards (:mod:`numeric.fisher._autodiff`,
+        whose custom functions have no forward-mode rule)."""
+        with linearization_friendly() if friendly else contextlib.nullcontext():
+            return torch.func.functional_call(self._model, self._tensors, (z,))
 
     def release(self) -> None:
         """Free the autograd graphs (the memory of the batch's activations); the detached
@@ -192,7 +200,7 @@ class Linearization:
         import torch.autograd.forward_ad as forward_ad
 
         with forward_ad.dual_level(), torch.no_grad():
-            out = self._function(forward_ad.make_dual(self.x.detach(), v))
+            out = self._function(forward_ad.make_dual(self.x.detach(), v), friendly=False)
             tangent = forward_ad.unpack_dual(out).tangent
         return torch.zeros_like(self.logits) if tangent is None else tangent
 
