@@ -13,9 +13,10 @@ which, when the input requires grad and the parameters do not (the estimators' p
 copies never do):
 
 - ``conv1d/2d/3d`` run through :class:`_ConvolutionInputGradient`, whose backward is the
-  transposed convolution of the incoming gradient -- exactly the input gradient torch
-  computes -- written with differentiable ops, so that its own backward is one
-  convolution;
+  input gradient alone: torch's own kernel for a first-order VJP, and, when the graph of
+  the backward is recorded for a double VJP, the transposed convolution of the incoming
+  gradient -- the same values -- written with differentiable ops, so that its own
+  backward is one convolution;
 - ``batch_norm`` with running statistics and ``training=False`` is written as the affine
   map it is, :math:`x \cdot \gamma / \sqrt{\sigma^2 + \epsilon} + (\beta - \mu\gamma /
   \sqrt{\sigma^2 + \epsilon})`.
@@ -68,6 +69,15 @@ class _ConvolutionInputGradient(torch.autograd.Function):
     def backward(ctx, grad):
         (weight,) = ctx.saved_tensors
         shape, stride, padding, dilation, groups, n = ctx.settings
+        if not torch.is_grad_enabled():
+            # a first-order VJP: torch's own input-gradient kernel, often faster than a
+            # transposed convolution (resnet stems, few input channels)
+            shaped = grad.new_empty(1).expand(shape)
+            return (torch.ops.aten.convolution_backward(
+                grad, shaped, weight, None, stride, padding, dilation, False, [0] * n,
+                groups, (True, False, False))[0], *([None] * 7))
+        # the graph of this backward is recorded (create_graph): a transposed convolution,
+        # whose own backward is one convolution
         kernel, produced = weight.shape[2:], grad.shape[2:]
         # the rows/columns a strided convolution never reached come back as output_padding
         output_padding = tuple(

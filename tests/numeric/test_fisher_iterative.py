@@ -160,8 +160,8 @@ def test_rows_stop_independently_and_are_no_longer_asked_for():
 
 def test_block_size_rule():
     cpu = torch.device("cpu")
-    assert block_size(2, 1000, cpu) == 2 and block_size(8, 1000, cpu) == 1
-    assert block_size(1, 1000, cpu) == 4 and block_size(1, 3, cpu) == 2
+    assert block_size(2, 1000, cpu) == 1 and block_size(8, 1000, cpu) == 1
+    assert block_size(1, 1000, cpu) == 2 and block_size(1, 2, cpu) == 1
     assert block_size(1, 1000, torch.device("cuda", 0)) == 8
     assert block_size(16, 1000, torch.device("cuda", 0)) == 4
 
