@@ -7,10 +7,13 @@ STAMP := $(VENV)/.fimbound-installed
 
 .PHONY: install demo test test-heavy bench clean
 
+# adv-lib (the attack ensemble) imports visdom, whose sdist imports pkg_resources at build
+# time: setuptools < 81 for build environments only (pip >= 25.3 has --build-constraint).
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --upgrade 'pip>=25.3'
+	echo 'setuptools<81' > $(VENV)/build-constraints.txt
+	$(PY) -m pip install --quiet --build-constraint $(VENV)/build-constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

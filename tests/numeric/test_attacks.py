@@ -349,8 +349,10 @@ def _valid():
     (dict(restarts=-1), "expected an integer restarts >= 0, got -1"),
     (dict(candidates=0), "expected an integer candidates >= 1, got 0"),
     (dict(model="net"), "expected a callable model, got str"),
+    (dict(x=torch.full((2, 1, 6, 6), math.nan), bounds=None), "expected finite x, got NaN"),
+    (dict(batch_size=0), "expected an integer batch_size >= 1, got 0"),
 ], ids=["x", "y-dtype", "y-shape", "outside-box", "bounds", "steps", "restarts", "candidates",
-        "model"])
+        "model", "nan", "batch-size"])
 def test_minimum_norm_errors(change, match):
     model, x, y = _valid()
     arguments = dict(model=model, x=x, y=y)
