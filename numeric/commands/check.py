@@ -110,6 +110,15 @@ def settings_from(args: argparse.Namespace):
         raise InputError(f"check: expected --seed >= 0, got {args.seed}.")
     if args.workers is not None and args.workers < 1:
         raise InputError(f"check: expected --workers >= 1, got {args.workers}.")
+    if args.attacks:
+        from numeric.attacks import ATTACKS, available_attacks
+        usable = available_attacks()
+        for name in args.attacks:
+            if name not in usable:
+                why = "needs a library that is not installed" if name in ATTACKS else \
+                    "is unknown"
+                raise InputError(f"check: expected --attacks from {', '.join(usable)}, got "
+                                 f"{name!r}, which {why}.")
     return CheckSettings(samples=args.samples, chunk_size=args.chunk_size, seed=args.seed,
                          queries=args.queries, attack_steps=args.attack_steps,
                          attack_restarts=args.attack_restarts, attacks=tuple(args.attacks),

@@ -193,3 +193,9 @@ def test_models_from_files_are_named_after_their_factories(tmp_path, models, cap
     assert status == 0
     document = json.loads(capsys.readouterr().out)
     assert [m["info"]["name"] for m in document["models"]] == ["nets.build", "more.build"]
+
+
+@pytest.mark.parametrize("name", ["pgd", "deepfool"])
+def test_unknown_attack_names_are_refused_before_anything_loads(tmp_path, capsys, name):
+    _fails_cleanly(tmp_path, capsys, ["--model", "nonsense", "--attacks", "toolkit", name],
+                   "expected --attacks from")
