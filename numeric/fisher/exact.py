@@ -49,17 +49,19 @@ def _row_chunks(model: nn.Module, x: torch.Tensor, dtype: torch.dtype, caller: s
 def replicas(lin: Linearization, device: torch.device) -> int:
     """Copies ``c`` of each row in one backward pass, so that ``c`` VJPs share a pass.
 
-    ``c = min(K - 1, TARGET_ROWS // B, MAX_REPLICATED_ENTRIES // (B d))``, at least 1,
-    then evened out so that the ``ceil((K - 1) / c)`` passes waste few rows. On CUDA the
-    replicated graph must also fit in half the free memory, from the measured size
-    ``lin.graph_bytes`` of the graph of its ``B`` rows.
+    ``c = min(K - 1, TARGET_ROWS // B, memory cap)``, at least 1, then evened out so that
+    the ``ceil((K - 1) / c)`` passes waste few rows. The memory cap is, on CUDA, that the
+    replicated graph fits in half the free memory (from the measured size
+    ``lin.graph_bytes`` of the graph of the ``B`` rows), elsewhere
+    ``MAX_REPLICATED_ENTRIES // (B d)``.
     """
     batch, classes = lin.batch, lin.num_classes
-    copies = min(classes - 1, TARGET_ROWS.get(device.type, TARGET_ROWS["cpu"]) // batch,
-                 MAX_REPLICATED_ENTRIES // (batch * lin.num_features))
+    copies = min(classes - 1, TARGET_ROWS.get(device.type, TARGET_ROWS["cpu"]) // batch)
     if device.type == "cuda" and lin.graph_bytes:
         free, _ = torch.cuda.mem_get_info(device)
         copies = min(copies, free // (2 * lin.graph_bytes))
+    else:
+        copies = min(copies, MAX_REPLICATED_ENTRIES // (batch * lin.num_features))
     if copies <= 1:
         return 1
     passes = math.ceil((classes - 1) / copies)

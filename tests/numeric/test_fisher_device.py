@@ -184,6 +184,17 @@ def test_replicas_rule():
     assert exact_module.replicas(lin_big, cpu) == 1  # 80 rows: large enough already
 
 
+def test_replicas_on_cuda_fit_half_the_free_memory(monkeypatch):
+    model, x = build("mlp", batch=4)
+    lin = _linearization(model, x)
+    lin.graph_bytes = 1000                       # as measured on a GPU
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (6000, 10 ** 9))
+    # room for 3 copies; 4 classes to cover in ceil(4 / 3) = 2 passes: 2 copies each
+    assert exact_module.replicas(lin, torch.device("cuda", 0)) == 2
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (1999, 10 ** 9))
+    assert exact_module.replicas(lin, torch.device("cuda", 0)) == 1
+
+
 def _linearization(model, x):
     from numeric.fisher.operator import Linearization
     return Linearization(model, x, dtype=x.dtype, caller="test")
