@@ -22,7 +22,7 @@ from pathlib import Path
 
 MODULES = ("benchmarks.estimators", "benchmarks.blackbox", "benchmarks.tightness",
            "benchmarks.distributed", "benchmarks.derive", "benchmarks.conv_norms",
-           "benchmarks.lipsdp")
+           "benchmarks.lipsdp", "benchmarks.attacks")
 
 
 def _header() -> str:
