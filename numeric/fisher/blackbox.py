@@ -281,14 +281,14 @@ def blackbox_fisher_top_eigenvalue(predict_proba: Callable[[torch.Tensor], torch
     :math:`\mathbb E\,\lambda_{\max}(\hat M) \ge \lambda_{\max}` (Jensen); to second
     order the bias is :math:`\frac{c\,\lambda_1}{m}\sum_{j \ge 2} \frac{\lambda_j}
     {\lambda_1 - \lambda_j}` (``c <= 1``): small when the top eigenvalue is separated,
-    large when many eigenvalues crowd it (measured: +13 to +17 % at ``m = 199`` on a
+    large when many eigenvalues crowd it (measured: +15 to +18 % at ``m = 199`` on a
     random-init torchvision resnet18, K = 1000), vanishing as ``m`` grows. ``debias=True``
     estimates it by a parametric bootstrap -- ``R`` Gaussian sketches of the same size
     drawn from :math:`N(0, \hat M)` -- scaled by the design factor
     :math:`\rho = m\sigma^2/2` below, and subtracts it
     (:func:`~numeric.fisher.sketch.debiased_top_eigenvalue`; clipped to ``[0, top/2]``).
-    On that resnet18 this brought the median absolute error at 200 queries from 13-16 %
-    to 6-7 %.
+    On that resnet18 (24 inputs, ``benchmarks/blackbox.py``) this brought the median
+    absolute error at 200 queries from 17 % to 7 %, and the mean error from +18 % to -2 %.
 
     *Variance.* To first order :math:`\operatorname{Var}\lambda_{\max}(\hat M) \approx
     \lambda_1^2 \sigma^2` with :math:`\sigma^2 = 2(d-1)/(m(d+2)) \approx 2/m` for
