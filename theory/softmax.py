@@ -254,8 +254,16 @@ def softmax_curvature_bound(p):
     if exact:
         trace = 1 - sympy.Add(*[value**2 for value in values])
         return sympy.Min(S.Half, sympy.Max(*values), trace)
-    trace = math.fsum(value * (1.0 - value) for value in values)
-    return max(0.0, min(0.5, max(values), trace))
+    # 1 - p_i as the mass of the others: for the one entry above 1/2, 1.0 - p_i would
+    # cancel (a nearly one-hot p rounds its top entry to 1.0 and the term to 0)
+    rests = []
+    for i, value in enumerate(values):
+        if value > 0.5:
+            rests.append(math.fsum(values[:i]) + math.fsum(values[i + 1:]))
+        else:
+            rests.append(1.0 - value)
+    trace = math.fsum(value * rest for value, rest in zip(values, rests))
+    return max(0.0, min(0.5, max(values), trace * (1 + 1e-15)))
 
 
 def centring_matrix(K) -> Matrix:

@@ -38,25 +38,29 @@ widened once, by :data:`~numeric.graph.norms.CERTIFICATION_FACTOR`, in :func:`_c
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import networkx as nx
 import torch
 from torch import nn
 
 import bounds
-import theory
 from numeric.errors import InputError, UnsupportedModuleError
 from numeric.graph.export import export_model
-from numeric.graph.norms import CERTIFICATION_FACTOR, linear_operator_norm
+from numeric.graph.local import local_fisher, propagate_rows, stash_keys
+from numeric.graph.norms import CERTIFICATION_FACTOR
 from numeric.graph.passes import (centring_plan, fold_normalizations, last_linear,
                                   merge_pooling)
+from numeric.graph.region import (bisect_radius, exact_centre_bounds, region_pass,
+                                  softmax_curvature_over_box)
 from numeric.graph.registry import GraphOptions, registered_module_types
+from numeric.graph.tangent import TANGENT_LIMIT
 from numeric.graph.selfcheck import (exact_fisher_top, exact_jacobian_norms, float64_copy,
                                      nearby_points, verify)
-from numeric.graph.trace import (ACTIVATION_OPS, UNIT_OPS, TracedGraph, build_graph,
-                                 evaluate_constants)
+from numeric.graph.trace import TracedGraph, build_graph, evaluate_constants
 
-__all__ = ["TracedModel", "trace_model", "module_graph", "fisher_bound", "lipschitz_bound"]
+__all__ = ["TracedModel", "RegionBound", "trace_model", "module_graph", "fisher_bound",
+           "lipschitz_bound", "region_bound"]
 
 #: Rows of a batch measured by the self-check of a local bound, and random nearby points
 #: added to the example rows for the global bounds.
@@ -250,14 +254,25 @@ class TracedModel:
         Tensor of shape (B,), float64
             Certified; self-checked at the first rows against the exact float64
             :math:`\lambda_{\max}` unless ``self_check=False``. Cost: one float64 forward
-            pass with the local rules, plus a propagation per row.
+            pass with the local rules, plus a propagation per row. When a row has at most
+            :data:`~numeric.graph.tangent.TANGENT_LIMIT` entries, also the exact Jacobian
+            at each row (``d`` forward-mode products per operation) widened by the spread
+            of the Clarke Jacobian at kinks (:mod:`numeric.graph.tangent`) instead.
         """
         _check_arguments("local_fisher_bound", self.model, x)
         if tuple(x.shape[1:]) != self.input_shape:
             raise InputError(f"local_fisher_bound: expected rows of shape {self.input_shape} "
                              f"(the traced shape), got {tuple(x.shape[1:])}.")
-        values = _local_fisher(self._traced, self._centring if self.options.centre_logits
-                               else {}, x)
+        values = None
+        if x[0].numel() <= TANGENT_LIMIT:   # the exact Jacobian at each row, Clarke-widened
+            zero = torch.zeros(x.shape[0], dtype=torch.float64)
+            result = region_pass(self._traced, self._fisher_overrides(), x, zero,
+                                 tangents=True)
+            if result.jacobian is not None:
+                values = exact_centre_bounds(result, zero)[1]
+        if values is None:
+            values = local_fisher(self._traced, self._centring if self.options.centre_logits
+                                  else {}, x)
         global_value = _certified(
             0.5 * bounds.propagate(self._fisher_graph(), check=False) ** 2)
         values = values.clamp_max(global_value)
@@ -266,6 +281,127 @@ class TracedModel:
             verify("local_fisher_bound", values[:rows.shape[0]],
                    exact_fisher_top(self._reference(), rows), self._detail())
         return values
+
+
+    # ------------------------------------------------------------------ region
+
+    def region_bound(self, x: torch.Tensor, eps) -> RegionBound:
+        r"""Certified bounds over the ball :math:`\{x' : \|x' - x_b\|_2 \le arepsilon_b\}`
+        around each row (:mod:`numeric.graph.region`).
+
+        Parameters
+        ----------
+        x : Tensor of shape (B, ...)
+            Centres, rows of the traced shape.
+        eps : float or Tensor of shape (B,)
+            Radii (>= 0).
+
+        Returns
+        -------
+        RegionBound
+            ``jacobian`` (Tensor (B,)): :math:`\sup_{B}\|CJ(x')\|_2`, the centred output;
+            ``fisher`` (Tensor (B,)): :math:`\sup_B \lambda_{\max}(F(x'))`; both
+            certified, self-checked at the centres and at random points of each ball
+            unless ``self_check=False``. Cost: one float64 pass over the graph with
+            interval bookkeeping (about three local passes) plus a propagation per row.
+        """
+        x, eps = self._region_arguments("region_bound", x, eps)
+        result = region_pass(self._traced, self._fisher_overrides(), x, eps,
+                             keep=stash_keys(self._traced))
+        jacobian, _ = propagate_rows(self._traced, self._fisher_overrides(),
+                                     result.constants, result.stashes)
+        jacobian = torch.minimum(jacobian, result.lipschitz) * CERTIFICATION_FACTOR
+        logits = result.logits.cpu()
+        deviation = (eps.cpu() * jacobian).unsqueeze(1)
+        kappa = softmax_curvature_over_box(logits - deviation, logits + deviation)
+        fisher = kappa * jacobian ** 2 * CERTIFICATION_FACTOR
+        if result.jacobian is not None:
+            exact_jacobian, exact_fisher = exact_centre_bounds(result, eps.cpu())
+            jacobian = torch.minimum(jacobian, exact_jacobian)
+            fisher = torch.minimum(fisher, exact_fisher)
+        fisher = torch.minimum(fisher, torch.tensor(_certified(0.5 * bounds.propagate(
+            self._fisher_graph(), check=False) ** 2), dtype=torch.float64))
+        if self.self_check:
+            self._check_region(x, eps, jacobian, fisher)
+        return RegionBound(jacobian, fisher)
+
+    def certified_radius(self, x: torch.Tensor, labels: torch.Tensor | None = None, *,
+                         steps: int = 16) -> torch.Tensor:
+        r"""The largest radius, found by bisection, within which the prediction provably
+        does not change: every class margin :math:`m_j(x) = f_y(x) - f_j(x)` exceeds
+        :math:`arepsilon \sup_{B}\|
+abla m_j\|` (:mod:`numeric.graph.region`).
+
+        Parameters
+        ----------
+        x : Tensor of shape (B, ...)
+        labels : Tensor of shape (B,), optional
+            The classes to certify (default: the predictions); a row whose prediction
+            differs from its label gets 0.
+        steps : int, default 16
+            Bisection steps (each one region pass over the batch); the result is within a
+            factor :math:`1 + 2^{-steps}` of the largest radius the method proves, and
+            certified whatever the number of steps.
+
+        Returns
+        -------
+        Tensor of shape (B,), float64
+            Certified radii in the input's Euclidean norm.
+        """
+        x, _ = self._region_arguments("certified_radius", x, 0.0)
+        with torch.no_grad():
+            logits = self.model(x.to(self._example.dtype)).detach().to(torch.float64).cpu()
+        predicted = logits.argmax(dim=1)
+        labels = predicted if labels is None else labels.to("cpu").long()
+        margins = logits.gather(1, labels.unsqueeze(1)) - logits
+        correct = predicted == labels
+
+        def holds(eps: torch.Tensor) -> torch.Tensor:
+            result = region_pass(self._traced, self._fisher_overrides(), x, eps)
+            gradients = result.margin_gradients.cpu()
+            gradients[torch.arange(len(labels)), labels] = 0
+            return ((margins > eps.unsqueeze(1) * gradients)
+                    | (torch.arange(margins.shape[1]) == labels.unsqueeze(1))).all(dim=1)
+
+        return bisect_radius(holds, margins, correct, steps)
+
+    def _fisher_overrides(self) -> dict:
+        overrides = dict(self._centring) if self.options.centre_logits else {}
+        _, passed = last_linear(self._traced)
+        return {**overrides, **{key: 1.0 for key in passed}}
+
+    def _region_arguments(self, caller: str, x, eps):
+        _check_arguments(caller, self.model, x)
+        if tuple(x.shape[1:]) != self.input_shape:
+            raise InputError(f"{caller}: expected rows of shape {self.input_shape} (the traced "
+                             f"shape), got {tuple(x.shape[1:])}.")
+        eps = torch.as_tensor(eps, dtype=torch.float64).reshape(-1).expand(x.shape[0]).clone()
+        if bool((eps < 0).any()) or not bool(torch.isfinite(eps).all()):
+            raise InputError(f"{caller}: expected finite radii >= 0, got {eps.tolist()}.")
+        return x.detach(), eps
+
+    def _check_region(self, x, eps, jacobian, fisher) -> None:
+        rows = x[:SELF_CHECK_ROWS].detach().cpu().to(torch.float64)
+        generator = torch.Generator().manual_seed(0)
+        direction = torch.randn(rows.shape, generator=generator, dtype=torch.float64)
+        norms = direction.reshape(rows.shape[0], -1).norm(dim=1).reshape(
+            -1, *([1] * (rows.dim() - 1)))
+        radius = eps[:rows.shape[0]].reshape(-1, *([1] * (rows.dim() - 1)))
+        points = torch.cat([rows, rows + radius * direction / norms])
+        count = rows.shape[0]
+        measured_fisher = exact_fisher_top(self._reference(), points)
+        measured_norms = exact_jacobian_norms(self._reference(), points, centred=True)
+        for name, bound, measured in (("region_bound (fisher)", fisher, measured_fisher),
+                                      ("region_bound (jacobian)", jacobian, measured_norms)):
+            both = torch.cat([bound[:count], bound[:count]])
+            verify(name, both, measured, self._detail())
+
+
+class RegionBound(NamedTuple):
+    """Bounds over balls: ``jacobian`` and ``fisher``, Tensors of shape (B,)."""
+
+    jacobian: torch.Tensor
+    fisher: torch.Tensor
 
 
 def trace_model(model: nn.Module, example_input: torch.Tensor, *, fold_batchnorm: bool = True,
@@ -351,6 +487,13 @@ def lipschitz_bound(model: nn.Module, example_input: torch.Tensor, *, quantity: 
     return traced.lipschitz_bound(quantity)
 
 
+def region_bound(model: nn.Module, x: torch.Tensor, eps, *, self_check: bool = True,
+                 **options) -> RegionBound:
+    """Certified bounds over the balls of radii ``eps`` around the rows of ``x``:
+    :meth:`TracedModel.region_bound` (one trace, then one region pass)."""
+    return trace_model(model, x, self_check=self_check, **options).region_bound(x, eps)
+
+
 def fisher_bound(model: nn.Module, example_input: torch.Tensor, local: bool = False, *,
                  self_check: bool = True, **options) -> float | torch.Tensor:
     r"""Certified upper bound on :math:`\lambda_{\max}(F(x))`, for all inputs or per row.
@@ -400,148 +543,3 @@ def fisher_bound(model: nn.Module, example_input: torch.Tensor, local: bool = Fa
     return value
 
 
-# =========================================================================== local
-
-
-def _walk_back(traced: TracedGraph, node: str) -> str | None:
-    """The elementwise activation feeding ``node`` through unit nodes that keep the
-    memory order (or merged nodes)."""
-    G = traced.G
-    (pred,) = G.predecessors(node)
-    while pred in traced.merged or (G.nodes[pred]["op"] in UNIT_OPS and G.nodes[pred].get(
-            "params", {}).get("identity_order", G.nodes[pred]["op"] == "identity")):
-        preds = list(G.predecessors(pred))
-        if len(preds) != 1:
-            return None
-        pred = preds[0]
-    return pred if G.nodes[pred]["op"] in ACTIVATION_OPS and \
-        pred in traced.standard_input else None
-
-
-def _walk_forward(traced: TracedGraph, node: str) -> str | None:
-    """The activation that is the only consumer of ``node`` (through order-keeping unit
-    nodes)."""
-    G = traced.G
-    current = node
-    while True:
-        successors = list(G.successors(current))
-        if len(successors) != 1:
-            return None
-        current = successors[0]
-        op = G.nodes[current]["op"]
-        if op in ACTIVATION_OPS:
-            return current if current in traced.standard_input else None
-        keeps = G.nodes[current].get("params", {}).get("identity_order",
-                                                        op == "identity")
-        if op not in UNIT_OPS or not keeps:
-            return None
-
-
-def _refinement_plan(traced: TracedGraph) -> dict[str, tuple[str | None, str | None]]:
-    """Linear/conv node -> (activation before, activation after) for the masked
-    refinement, for nodes whose input is in the standard row layout."""
-    G, plan = traced.G, {}
-    last, _ = last_linear(traced)
-    limit = traced.options.refine_limit
-    for key, spec in traced.specs.items():
-        if key not in G or key not in traced.standard_input:
-            continue
-        if spec.op == "linear" and spec.matrix is not None:
-            if traced.input_ndim.get(key) != 2 or spec.matrix.numel() > limit:
-                continue
-        elif spec.op != "conv" or spec.dense is None or spec.dense_entries > limit \
-                or key in traced.merged:
-            continue
-        before = _walk_back(traced, key)
-        after = None if key == last else _walk_forward(traced, key)
-        if before is not None or after is not None or key == last:
-            plan[key] = (before, after)
-    return plan
-
-
-def _scaled_derivative(stashes, constants, key, row, size, power=1.0
-                       ) -> torch.Tensor | None:
-    r"""``min(1, d / c) ** power`` for the activation ``key`` at ``row``: the derivative
-    bounds :math:`d` divided by the node's local constant :math:`c`, so that the true
-    :math:`|\phi'| \le c \cdot \tilde d` entrywise."""
-    if key is None:
-        return None
-    derivative = stashes[key]["derivative"][row].reshape(-1).to(torch.float64).cpu()
-    if derivative.numel() != size:
-        return None
-    constant = float(constants[key][row])
-    if constant == 0:
-        return torch.zeros_like(derivative)
-    return (derivative / constant).clamp_max(1.0) ** power
-
-
-def _masked_norm(matrix: torch.Tensor, rows: torch.Tensor | None,
-                 columns: torch.Tensor | None) -> float:
-    """Certified :math:`\\|\\operatorname{diag}(r) W \\operatorname{diag}(c)\\|_2`."""
-    if rows is not None:
-        keep = rows > 0
-        matrix = matrix[keep] * rows[keep].unsqueeze(1)
-    if columns is not None:
-        keep = columns > 0
-        matrix = matrix[:, keep] * columns[keep]
-    if matrix.numel() == 0:
-        return 0.0
-    return linear_operator_norm(matrix)
-
-
-def _softmax_factor_norm(matrix: torch.Tensor, p: torch.Tensor) -> float:
-    r"""Certified :math:`\|\Sigma_p^{1/2} A\|_2` for :math:`A` (K x n):
-    :math:`\Sigma_p = R R^\top` with :math:`R = \operatorname{diag}(u)(I - uu^\top)`,
-    :math:`u = \sqrt p`, so the value is :math:`\|R^\top A\|_2`; the rounding of
-    :math:`R^\top A` and of :math:`p` is covered by an absolute
-    :math:`10^{-12}\|A\|_F^2` under the square."""
-    u = p.sqrt()
-    product = u.unsqueeze(1) * matrix - u.unsqueeze(1) * (p @ matrix).unsqueeze(0)
-    value = linear_operator_norm(product) if product.numel() else 0.0
-    slack = 1e-12 * float(matrix.pow(2).sum())
-    return math.sqrt(value ** 2 + slack)
-
-
-def _local_fisher(traced: TracedGraph, centring: dict, x: torch.Tensor) -> torch.Tensor:
-    G = traced.G
-    plan = _refinement_plan(traced)
-    keep = {key for pair in plan.values() for key in pair if key is not None}
-    before_of = {before for before, _ in plan.values()}
-    after_of = {after for _, after in plan.values()}
-    power = {key: 0.5 if key in before_of and key in after_of else 1.0 for key in keep}
-    constants, stashes, logits = traced.local_constants(x, keep)
-    probabilities = torch.softmax(logits, dim=-1).cpu()
-    last, passed = last_linear(traced)
-    exact_last = last is not None and last in plan
-    centring = {**centring, **{key: 1.0 for key in passed}}
-    matrices = {key: (traced.specs[key].matrix if traced.specs[key].op == "linear"
-                      else traced.specs[key].dense()).cpu() for key in plan}
-    values = []
-    for row in range(x.shape[0]):
-        H = G.copy()
-        for key, value in centring.items():
-            H.nodes[key]["lipschitz"] = value
-        for key, per_row in constants.items():
-            if key in H:
-                H.nodes[key]["lipschitz"] = min(float(per_row[row]),
-                                                H.nodes[key].get("lipschitz", math.inf))
-        for key, (before, after) in plan.items():
-            matrix = matrices[key]
-            prev = _scaled_derivative(stashes, constants, before, row, matrix.shape[1],
-                                      power.get(before, 1.0))
-            if key == last:
-                masked = matrix if prev is None else matrix * prev
-                H.nodes[key]["lipschitz"] = _softmax_factor_norm(masked, probabilities[row])
-                continue
-            nxt = _scaled_derivative(stashes, constants, after, row, matrix.shape[0],
-                                     power.get(after, 1.0))
-            H.nodes[key]["lipschitz"] = min(_masked_norm(matrix, nxt, prev),
-                                            H.nodes[key]["lipschitz"])
-        jacobian = bounds.propagate(H, check=False)
-        if exact_last:
-            value = jacobian ** 2
-        else:
-            kappa = theory.softmax_curvature_bound(probabilities[row].tolist())
-            value = kappa * jacobian ** 2
-        values.append(_certified(value))
-    return torch.tensor(values, dtype=torch.float64)

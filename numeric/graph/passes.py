@@ -61,6 +61,7 @@ def _contract(traced, key: str, into: str) -> None:
         G.add_edge(pred, successor)
     G.nodes[into]["label"] += f" (folded {key!r})"
     traced.merged.add(key)
+    traced.contracted[key] = pred
 
 
 def _only_successor(G: nx.DiGraph, key: str) -> str | None:
@@ -93,6 +94,7 @@ def _fold_forward(traced, key: str, scale: torch.Tensor) -> bool:
     if key not in traced.standard_input or traced.input_ndim.get(key) not in (2, 3, 4, 5):
         return False
     node, flattened = key, traced.input_ndim.get(key) == 2
+    chain = [key]
     while True:
         node = _only_successor(G, node)
         if node is None or node == "output" or G.in_degree(node) != 1:
@@ -114,14 +116,25 @@ def _fold_forward(traced, key: str, scale: torch.Tensor) -> bool:
             continue
         if not spec.channelwise:
             return False
+        chain.append(node)
     _set(traced, node, spec.fold_input(scale))
     _contract(traced, key, node)
+    _scaled_values(traced, chain, float(scale.abs().max()))
     return True
+
+
+def _scaled_values(traced, chain: list, factor: float) -> None:
+    """The values along a folded chain are the graph's times ``factor`` (the folded map
+    moved into the layer after them): their Jacobian bounds, which the region bounds use
+    for deviations, carry it."""
+    for key in chain:
+        traced.value_factor[key] = traced.value_factor.get(key, 1.0) * factor
 
 
 def _fold_layernorm(traced, key: str, spec: NodeSpec) -> bool:
     G = traced.G
     node = key
+    chain = [key]
     while True:
         node = _only_successor(G, node)
         if node is None or node == "output" or G.in_degree(node) != 1:
@@ -139,8 +152,10 @@ def _fold_layernorm(traced, key: str, spec: NodeSpec) -> bool:
             params.get("copies") == 1
         if not (elementwise or kept):
             return False
+        chain.append(node)
     _set(traced, node, target.fold_input(spec.feature_scale))
     _set(traced, key, spec.without_scale())
+    _scaled_values(traced, chain, float(spec.feature_scale.abs().max()))
     return True
 
 

@@ -72,12 +72,12 @@ class GraphOptions:
 
 
 #: How an operation moves entries (``NodeSpec.kind``).
-KINDS = ("map", "movement", "sum", "scale", "choose", "alias", "leaf")
+KINDS = ("map", "movement", "sum", "scale", "choose", "alias", "leaf", "product")
 
 
 @dataclass(frozen=True)
 class NodeSpec:
-    """What a rule says about one operation.
+    r"""What a rule says about one operation.
 
     Attributes
     ----------
@@ -101,12 +101,17 @@ class NodeSpec:
         - ``"movement"``: every output entry copies one input entry or is a constant fill
           (views, permutations, indexing, padding, concatenation); the tracer replays the
           operation on encoded entries, checks that it really is one, and counts copies.
-        - ``"sum"``: :math:`\\sum_i a_i x_i` + constants, with ``coefficients`` :math:`a_i`
+        - ``"sum"``: :math:`\sum_i a_i x_i` + constants, with ``coefficients`` :math:`a_i`
           for the input-dependent operands in order; broadcasting is counted centrally.
         - ``"scale"``: one operand times a constant tensor ``factor`` (broadcast); the
           exact norm of the broadcast diagonal map is computed centrally.
         - ``"choose"``: each output entry is one of the operands' entries at that position,
           chosen by value (``maximum``, ``minimum``): the concatenation rule.
+        - ``"product"``: the product of two input-dependent operands (``params["operands"]``
+          names them; ``params["matmul"]`` for a batched matrix product): the product rule
+          :math:`\|d(ab)\| \le \sup|b|\,\|da\| + \sup|a|\,\|db\|`, with the
+          magnitudes of the actual values (local), of the intervals over the ball
+          (region), or the operands' ``value_bound`` (global; infinite without one).
         - ``"alias"``: the identity map; no node.
         - ``"leaf"``: a registered module kept whole; it gives its own row check
           (``batch_dim``).
@@ -131,11 +136,14 @@ class NodeSpec:
         ``kind="scale"``.
     batch_dim : int or None
         ``kind="leaf"``: the dimension of its (first) input that indexes the rows.
+    value_bound : float or None
+        A bound on every :math:`|v_i|` of the output for every input (sigmoid: 1), which
+        the product rule uses for global constants.
     fold, fold_input, channel_scale, feature_scale, without_scale
         BatchNorm / LayerNorm folding: ``fold(scale)`` scales the output channels of a
         conv/linear layer, ``fold_input(scale)`` its input channels; ``channel_scale`` the
         per-channel factors of an affine channel map; ``feature_scale`` LayerNorm's
-        :math:`\\gamma` and ``without_scale()`` the spec without it.
+        :math:`\gamma` and ``without_scale()`` the spec without it.
     matrix : Tensor or None
         The weight of a linear map on the last dimension (centring, local refinement).
     dense : callable or None
@@ -157,6 +165,7 @@ class NodeSpec:
     coefficients: tuple = ()
     factor: Any = None
     batch_dim: int | None = None
+    value_bound: float | None = None
     fold: Callable[[torch.Tensor], NodeSpec] | None = None
     fold_input: Callable[[torch.Tensor], NodeSpec] | None = None
     channel_scale: torch.Tensor | None = None
@@ -196,7 +205,7 @@ class Value:
 
 @dataclass
 class RuleContext:
-    """Everything a rule may use about one operation.
+    r"""Everything a rule may use about one operation.
 
     Attributes
     ----------
@@ -222,6 +231,15 @@ class RuleContext:
         True when the tracer wants the stash filled.
     call : object
         The :class:`~numeric.graph.export.LeafCall` of a leaf call.
+    deviation : callable or None
+        In a region rule: ``deviation(value) -> Tensor`` of the value's shape, a bound on
+        how far each entry of an input-dependent argument can move over the ball.
+    tangent_norms : callable or None
+        In a region rule, when exact Jacobians are tracked (:mod:`numeric.graph.tangent`):
+        ``tangent_norms(value)`` gives :math:`\|\nabla v_i(x)\|` for every entry, or
+        None; a rule may then stash ``"variation_exact"`` (Tensor (B,)), a bound on
+        :math:`\|(M' - M)J_{in}(x)\|` for its Jacobian :math:`M` at the centre and
+        :math:`M'` anywhere in the ball.
     """
 
     node: fx.Node
@@ -235,6 +253,9 @@ class RuleContext:
     stash: dict = field(default_factory=dict)
     keep: bool = False
     call: Any = None
+    deviation: Any = None
+    tangent_norms: Any = None
+    batch: int = 0
 
     def values(self) -> Iterator[Value]:
         """Every :class:`Value` among the arguments, nested lists included, in order."""
@@ -315,11 +336,14 @@ def call_operator(op, values: dict):
 @dataclass(frozen=True)
 class Rule:
     """A registered rule: ``bound(ctx) -> NodeSpec`` and, optionally,
-    ``local(ctx) -> Tensor`` (Jacobian-norm bounds at each row, as a tensor that
-    :func:`numeric.graph.rows.per_row` reduces, or already of shape (B,))."""
+    ``local(ctx) -> Tensor of shape (B,)`` (Jacobian-norm bounds at each row) and
+    ``region(ctx) -> Tensor of shape (B,)`` (bounds over the ball around each row: the
+    context gives each input's entrywise deviation over the ball,
+    :meth:`RuleContext.deviation`)."""
 
     bound: Callable[[RuleContext], NodeSpec]
     local: Callable[[RuleContext], torch.Tensor] | None = None
+    region: Callable[[RuleContext], torch.Tensor] | None = None
 
 
 _RULES: dict[Any, Rule] = {}
@@ -350,7 +374,7 @@ def _key(target):
                      f"{target!r}.")
 
 
-def register_rule(target, rule, *, local=None, overwrite: bool = False) -> None:
+def register_rule(target, rule, *, local=None, region=None, overwrite: bool = False) -> None:
     """Register the Lipschitz rule of an ATen operator or a module class.
 
     Parameters
@@ -370,6 +394,11 @@ def register_rule(target, rule, *, local=None, overwrite: bool = False) -> None:
     local : callable, optional
         ``local(ctx) -> Tensor of shape (B,)``: a bound on the operation's Jacobian norm at
         each row of the batch. Without it the global constant is used at every row.
+    region : callable, optional
+        ``region(ctx) -> Tensor of shape (B,)``: a bound on the operation's Jacobian norm
+        over every input within the ball around each row, where each input-dependent
+        argument ``v`` lies entrywise within ``ctx.deviation(v)`` of its value. Without
+        it the global constant is used.
     overwrite : bool, default False
         Replace an existing rule. Without it a second registration raises, so that a rule
         is never replaced silently.
@@ -399,9 +428,9 @@ def register_rule(target, rule, *, local=None, overwrite: bool = False) -> None:
     if not isinstance(rule, Rule):
         if not callable(rule):
             raise InputError(f"register_rule: expected a callable rule, got {rule!r}.")
-        rule = Rule(rule, local)
-    elif local is not None:
-        rule = Rule(rule.bound, local)
+        rule = Rule(rule, local, region)
+    elif local is not None or region is not None:
+        rule = Rule(rule.bound, local or rule.local, region or rule.region)
     if key in _RULES and not overwrite:
         raise InputError(f"register_rule: {describe_target(target)} already has a rule; "
                          f"pass overwrite=True to replace it.")

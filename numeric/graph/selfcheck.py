@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from numeric.errors import UnsoundBoundError
+from numeric.graph.softmax import probabilities, weighted_rows
 
 __all__ = ["float64_copy", "exact_jacobians", "exact_jacobian_norms", "exact_fisher_top",
            "nearby_points", "verify"]
@@ -56,11 +57,9 @@ def exact_fisher_top(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """:math:`\\lambda_{\\max}(F(x_b)) = \\|\\Sigma_p^{1/2}J\\|_2^2`, Tensor (B,), float64,
     with :math:`p` the softmax of the model's output."""
     jacobian, out = exact_jacobians(model, x)
-    p = torch.softmax(out, dim=1)
-    # Sigma_p = R R^T with R = diag(u)(I - u u^T), u = sqrt(p): lambda_max = ||R^T J||^2
-    u = p.sqrt()
-    projected = u.unsqueeze(2) * jacobian - u.unsqueeze(2) * (p.unsqueeze(1) @ jacobian)
-    return torch.linalg.matrix_norm(projected, ord=2) ** 2
+    p, _ = probabilities(out)
+    # Sigma_p = R R^T: lambda_max = ||R^T J||^2 (numeric.graph.softmax, no cancellation)
+    return torch.linalg.matrix_norm(weighted_rows(jacobian, p), ord=2) ** 2
 
 
 def nearby_points(x: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:

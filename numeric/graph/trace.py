@@ -33,8 +33,9 @@ from numeric.graph.export import LEAF_OP, Exported, first_line
 from numeric.graph.registry import (GraphOptions, NodeSpec, RuleContext, Value,
                                     bind_arguments, describe_target, lookup_rule,
                                     unsupported)
+from numeric.graph.kinds import KindBuilders, ProductBuilder, _Info, _node
 from numeric.graph.rows import (MixedRowsError, Rows, broadcast_rows, check_output_rows,
-                                combine_rows, map_rows, replay_movement)
+                                map_rows)
 
 __all__ = ["TracedGraph", "build_graph", "evaluate_constants", "UNIT_OPS", "ACTIVATION_OPS"]
 
@@ -55,20 +56,6 @@ _SHAPE_OPS = {torch.ops.aten.sym_size.int, torch.ops.aten.sym_numel.default,
               torch.ops.aten.sym_stride.int, torch.ops.aten.sym_storage_offset.default,
               torch.ops.aten.sym_size, torch.ops.aten.sym_numel,
               torch.ops.aten.sym_stride}
-
-
-@dataclass
-class _Info:
-    """What the tracer knows about one value."""
-
-    kind: str                       # traced | constant | dependent | tuple | pending | forbidden
-    key: str | None = None          # graph node standing for the value (traced)
-    rows: Rows | None = None
-    radius: float | None = None
-    outputs: dict | None = None     # tuple: entry -> "traced" | "meta"
-    entry_rows: dict | None = None  # tuple: entry -> Rows of the traced entry
-    reason: str = ""                # forbidden: why using it is refused
-    pending: object = None          # a movement returning a tuple: (ctx, operands)
 
 
 @dataclass
@@ -103,6 +90,10 @@ class TracedGraph:
     merged: set = field(default_factory=set)
     lazy: set = field(default_factory=set)
     kinds: dict = field(default_factory=dict)
+    region_nodes: dict = field(default_factory=dict)   # fx name -> key (rules with a region form)
+    created: dict = field(default_factory=dict)
+    contracted: dict = field(default_factory=dict)
+    value_factor: dict = field(default_factory=dict)
     _float64: dict = field(default_factory=dict)
 
     def local_constants(self, x: torch.Tensor, keep=()) -> tuple[dict, dict, torch.Tensor]:
@@ -149,17 +140,13 @@ class TracedGraph:
 # =========================================================================== the runner
 
 
-def _is_float_tensor(value) -> bool:
-    return isinstance(value, torch.Tensor) and value.is_floating_point()
-
-
 def _is_tensor_like(value) -> bool:
     if isinstance(value, torch.Tensor):
         return True
     return isinstance(value, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in value)
 
 
-class _Runner:
+class _Runner(KindBuilders, ProductBuilder):
     """Runs the ATen graph once, building the graph (global) or local constants."""
 
     def __init__(self, traced: TracedGraph, *, local: bool, keep: set | None = None) -> None:
@@ -292,7 +279,7 @@ class _Runner:
         entry = (source.outputs or {}).get(index)
         if entry == "traced":
             return _Info("traced", key=source.key, rows=source.entry_rows[index],
-                         radius=source.radius)
+                         radius=source.radius, bound=source.bound)
         if entry == "meta":
             return _Info("dependent")
         return _Info("forbidden", reason=f"it uses entry {index} of the output of "
@@ -338,7 +325,10 @@ class _Runner:
             spec = rule.bound(ctx)
             self.traced.kinds[node.name] = spec
         try:
-            return self._dispatch(node, ctx, spec, rule, result)
+            info = self._dispatch(node, ctx, spec, rule, result)
+            if self.local:
+                self._after(node, ctx, info)
+            return info
         except MixedRowsError as err:
             raise UnsupportedModuleError(
                 f"module_graph: cannot bound {ctx.where}: {err}; the per-sample Fisher "
@@ -351,7 +341,8 @@ class _Runner:
         if kind == "alias":
             source = self.info[_node(node, ctx.traced()[0].name)]
             rows = broadcast_rows(source.rows, result.shape)
-            return _Info("traced", key=source.key, rows=rows, radius=source.radius)
+            return _Info("traced", key=source.key, rows=rows, radius=source.radius,
+                         bound=source.bound)
         if kind == "movement":
             operands = self._operands(ctx)
             infos = {name: self.info[_node(node, name)] for name in operands}
@@ -364,6 +355,8 @@ class _Runner:
             return self._scale(node, ctx, spec, result)
         if kind == "choose":
             return self._choose(node, ctx, spec, result)
+        if kind == "product":
+            return self._product(node, ctx, spec, result)
         return self._map(node, ctx, spec, rule, result)
 
     def _operands(self, ctx: RuleContext) -> dict:
@@ -382,6 +375,7 @@ class _Runner:
                  "label": spec.label, "module": self.traced.exported.module_path(node),
                  "aten": describe_target(node.target) if node.target is not LEAF_OP
                  else "leaf"}
+        self.traced.created.setdefault(node.name, []).append(key)
         if callable(spec.lipschitz):
             self.traced.lazy.add(key)
         elif spec.lipschitz is not None:
@@ -390,27 +384,6 @@ class _Runner:
         for pred in preds:
             self.G.add_edge(pred, key)
         self.traced.specs[key] = spec
-
-    def _unit(self, key: str, pred: str, constant: float, node: fx.Node, what: str) -> str:
-        """A helper node ``key`` with constant ``constant`` after ``pred``."""
-        if not self.local:
-            spec = NodeSpec("function" if constant != 1 else "identity", lipschitz=constant,
-                            params={"call": what}, label=what)
-            self._add_node(key, spec, [pred], node)
-        return key
-
-    def _broadcast(self, node: fx.Node, value: Value, shape, index: int) -> tuple[str, Rows]:
-        """Key and rows of an operand broadcast to ``shape`` (a node sqrt(copies) when the
-        broadcast copies its entries)."""
-        info = self.info[_node(node, value.name)]
-        rows = broadcast_rows(info.rows, shape)
-        copies = math.prod(shape) // max(value.value.numel(), 1)
-        if copies <= 1:
-            return info.key, rows
-        key = f"{node.name}_broadcast{index}"
-        self._unit(key, info.key, _certified_sqrt(copies), node,
-                   f"broadcast copying each entry {copies} times: sqrt({copies})")
-        return key, rows
 
     def _map(self, node, ctx, spec: NodeSpec, rule, result) -> _Info:
         traced = ctx.traced()
@@ -441,12 +414,23 @@ class _Runner:
                 self.traced.standard_input.add(key)
             if rule.local is not None:
                 self.traced.local_nodes[node.name] = key
-        elif node.name in self.traced.local_nodes:
-            self._run_local(node, ctx, rule)
+            if rule.region is not None:
+                self.traced.region_nodes[node.name] = key
+        else:
+            self._evaluate_local(node, ctx, rule)
         if spec.outputs is not None:
             return _Info("tuple", key=key, radius=radius, outputs=spec.outputs,
-                         entry_rows={index: out_rows})
-        return _Info("traced", key=key, rows=out_rows, radius=radius)
+                         entry_rows={index: out_rows}, bound=spec.value_bound)
+        return _Info("traced", key=key, rows=out_rows, radius=radius, bound=spec.value_bound)
+
+    def _evaluate_local(self, node, ctx, rule) -> None:
+        """The local constant of a map node (a region runner evaluates another form)."""
+        if node.name in self.traced.local_nodes:
+            self._run_local(node, ctx, rule)
+
+    def _after(self, node, ctx, info) -> None:
+        """Called after each operation in the local runs (a region runner tracks its
+        deviations here)."""
 
     def _run_local(self, node, ctx, rule) -> None:
         key = self.traced.local_nodes[node.name]
@@ -459,135 +443,6 @@ class _Runner:
         self.constants[key] = value
         if ctx.keep:
             self.stashes[key] = ctx.stash
-
-    def _movement(self, node, result, ctx, operands, spec: NodeSpec, infos: dict,
-                  index=None) -> _Info:
-        def run(encoded):
-            out = ctx.replay(**_substitute(ctx, encoded))
-            return out[index] if index is not None else out
-        movement = replay_movement(run, operands, tuple(result.shape))
-        keys = {name: infos[name].key for name in operands}
-        used = {name: c for name, c in movement.copies.items() if c > 0}
-        radius = self._movement_radius(infos, movement, result)
-        if not used:
-            return _Info("constant")
-        name = f"{node.name}" if index is None else f"{node.name}_{index}"
-        if len(used) == 1:
-            (operand, copies), = used.items()
-            if copies == 1 and movement.identity[operand] and \
-                    tuple(operands[operand][0].shape) == tuple(result.shape):
-                return _Info("traced", key=keys[operand], rows=movement.rows, radius=radius)
-            op = spec.op if copies == 1 else "function"
-            params = {**spec.params, "copies": copies,
-                      "identity_order": movement.identity[operand],
-                      "last_dim_kept": movement.last_dim_kept}
-            self._add_node(name, spec.replace(
-                op=op, lipschitz=_certified_sqrt(copies), params=params,
-                label=spec.label or f"data movement copying an entry up to {copies} "
-                                    f"times: sqrt({copies})"), [keys[operand]], node)
-            if not self.local:
-                self.traced.input_ndim[name] = operands[operand][0].dim()
-            return _Info("traced", key=name, rows=movement.rows, radius=radius)
-        preds = []
-        for i, (operand, copies) in enumerate(used.items()):
-            pred = keys[operand]
-            if copies > 1:
-                pred = self._unit(f"{name}_part{i}", pred, _certified_sqrt(copies), node,
-                                  f"copies of one operand: sqrt({copies})")
-            preds.append(pred)
-        self._add_node(name, NodeSpec("concat", kind="movement", params={"call": spec.params.get(
-            "call", "")}, label="concatenation rule: sqrt(sum of squares)"), preds, node)
-        return _Info("traced", key=name, rows=movement.rows, radius=radius)
-
-    def _movement_radius(self, infos: dict, movement, result) -> float | None:
-        radii = [info.radius for info in infos.values()]
-        if not movement.tokens_whole or any(r is None for r in radii) or result.dim() == 0:
-            return None
-        copies = max(movement.copies.values(), default=1)
-        fills = (movement.rows.materialize() < 0) if not movement.rows.is_standard else None
-        extra = 0.0
-        if fills is not None and bool(fills.any()):
-            values = torch.where(fills.to(result.device), result.detach().double(),
-                                 torch.zeros((), dtype=torch.float64, device=result.device))
-            extra = float(values.norm(dim=-1).max())
-        return (math.sqrt(copies) * max(radii) + extra) * (1 + 1e-12)
-
-    def _sum(self, node, ctx, spec: NodeSpec, result) -> _Info:
-        traced = ctx.traced()
-        shape = tuple(result.shape)
-        groups: dict = {}
-        for value, coefficient in zip(traced, spec.coefficients):
-            group = (value.name, tuple(value.value.shape))
-            groups[group] = groups.get(group, 0.0) + float(coefficient)
-        preds, rows, radii = [], [], []
-        for i, ((name, _), coefficient) in enumerate(groups.items()):
-            value = next(v for v in traced if v.name == name)
-            if coefficient == 0:
-                continue
-            pred, operand_rows = self._broadcast(node, value, shape, i)
-            if abs(coefficient) != 1:
-                pred = self._unit(f"{node.name}_times{i}", pred, abs(coefficient), node,
-                                  f"coefficient {coefficient:g}")
-            preds.append(pred)
-            rows.append(operand_rows)
-            same_tokens = value.value.dim() > 0 and value.value.shape[-1] == shape[-1]
-            radii.append(abs(coefficient) * value.radius
-                         if value.radius is not None and same_tokens else None)
-        if not preds:
-            return _Info("constant")
-        out_rows = combine_rows(rows, shape)
-        radius = None
-        if all(r is not None for r in radii) and result.dim() > 0:
-            radius = (sum(radii) + _constant_token_norm(ctx, spec, result)) * (1 + 1e-12)
-        if len(preds) == 1:
-            source = self.info[_node(node, traced[0].name)]
-            if preds[0] == source.key:
-                return _Info("traced", key=source.key, rows=out_rows, radius=radius)
-            return _Info("traced", key=preds[0], rows=out_rows, radius=radius)
-        self._add_node(node.name, spec.replace(op="add"), preds, node)
-        return _Info("traced", key=node.name, rows=out_rows, radius=radius)
-
-    def _scale(self, node, ctx, spec: NodeSpec, result) -> _Info:
-        (value,) = ctx.traced()
-        shape = tuple(result.shape)
-        factor = spec.factor
-        info = self.info[_node(node, value.name)]
-        if isinstance(factor, torch.Tensor):
-            constant = _broadcast_diagonal_norm(factor, tuple(value.value.shape), shape)
-            largest = float(factor.detach().double().abs().max()) if factor.numel() else 0.0
-        else:
-            copies = math.prod(shape) // max(value.value.numel(), 1)
-            constant = abs(float(factor)) * math.sqrt(copies)
-            largest = abs(float(factor))
-        rows = broadcast_rows(info.rows, shape)
-        same_tokens = value.value.dim() > 0 and len(shape) > 0 and \
-            value.value.shape[-1] == shape[-1]
-        radius = largest * info.radius if info.radius is not None and same_tokens else None
-        if constant == 1 and tuple(value.value.shape) == shape:
-            return _Info("traced", key=info.key, rows=rows, radius=radius)
-        self._add_node(node.name, spec.replace(op="scale", lipschitz=constant * (1 + 1e-12),
-                                               params={"largest_factor": largest}),
-                       [info.key], node)
-        return _Info("traced", key=node.name, rows=rows, radius=radius)
-
-    def _choose(self, node, ctx, spec: NodeSpec, result) -> _Info:
-        traced = ctx.traced()
-        shape = tuple(result.shape)
-        preds, rows, seen = [], [], set()
-        for i, value in enumerate(traced):
-            if value.name in seen:
-                continue
-            seen.add(value.name)
-            pred, operand_rows = self._broadcast(node, value, shape, i)
-            preds.append(pred)
-            rows.append(operand_rows)
-        out_rows = combine_rows(rows, shape)
-        if len(preds) == 1:
-            self._add_node(node.name, spec.replace(op="function", lipschitz=1.0, kind="map"),
-                           preds, node)
-        else:
-            self._add_node(node.name, spec.replace(op="concat"), preds, node)
-        return _Info("traced", key=node.name, rows=out_rows)
 
     # ------------------------------------------------------------------ output
 
@@ -618,65 +473,6 @@ class _Runner:
 
 
 # =========================================================================== helpers
-
-
-def _node(node: fx.Node, name: str) -> fx.Node:
-    return next(m for m in node.all_input_nodes if m.name == name)
-
-
-def _substitute(ctx: RuleContext, encoded: dict) -> dict:
-    """Arguments with each input-dependent Value replaced by its encoding and floating
-    constants cast to float64 (so that the replay mixes no dtypes)."""
-    def swap(item):
-        if isinstance(item, Value):
-            if item.traced:
-                return encoded[item.name]
-            value = item.value
-            if _is_float_tensor(value):
-                return value.detach().double().to(next(iter(encoded.values())).device)
-            return value
-        if isinstance(item, (list, tuple)):
-            return type(item)(swap(entry) for entry in item)
-        return item
-    return {name: swap(item) for name, item in ctx.arguments.items()}
-
-
-def _certified_sqrt(copies: int) -> float:
-    root = math.isqrt(copies)
-    return float(root) if root * root == copies else math.sqrt(copies) * (1 + 1e-15) + 1e-300
-
-
-def _broadcast_diagonal_norm(factor: torch.Tensor, operand_shape, shape) -> float:
-    r"""Exact norm of :math:`x \mapsto w \odot \operatorname{broadcast}(x)`:
-    :math:`\max_j \sqrt{\sum_{i \to j} w_i^2}` over the entries :math:`j` of ``x``."""
-    squares = factor.detach().to("cpu", torch.float64).pow(2).expand(shape)
-    padded = (1,) * (len(shape) - len(operand_shape)) + tuple(operand_shape)
-    dims = [d for d, (a, b) in enumerate(zip(padded, shape)) if a == 1 and b != 1]
-    if dims:
-        squares = squares.sum(dim=dims, keepdim=True)
-    return math.sqrt(float(squares.max())) * (1 + 1e-12) if squares.numel() else 0.0
-
-
-def _constant_token_norm(ctx: RuleContext, spec: NodeSpec, result) -> float:
-    """Largest token norm of the constant part of a sum (0 when there is none)."""
-    total = None
-    for item, coefficient in _constant_terms(ctx, spec):
-        term = item * coefficient
-        total = term if total is None else total + term
-    if total is None:
-        return 0.0
-    total = torch.as_tensor(total, dtype=torch.float64).expand(result.shape)
-    return float(total.norm(dim=-1).max()) if total.numel() else 0.0
-
-
-def _constant_terms(ctx: RuleContext, spec: NodeSpec):
-    """(constant operand, its coefficient) of a sum, from the rule's ``params``."""
-    for name, coefficient in spec.params.get("constant_terms", ()):
-        value = ctx.arg(name)
-        if isinstance(value, torch.Tensor):
-            yield value.detach().to("cpu", torch.float64), coefficient
-        elif isinstance(value, (int, float)):
-            yield torch.tensor(float(value), dtype=torch.float64), coefficient
 
 
 def _json(params: dict) -> dict:

@@ -20,7 +20,8 @@ from torch import fx
 import numeric.graph.bound as bound_module
 from numeric.graph.export import LEAF_OP
 from numeric.graph.registry import GraphOptions, Value, registered_module_types
-from numeric.graph.trace import TracedGraph, _Runner, _substitute
+from numeric.graph.kinds import _substitute
+from numeric.graph.trace import TracedGraph, _Runner
 
 __all__ = ["rule_violations"]
 

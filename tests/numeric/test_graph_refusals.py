@@ -98,8 +98,8 @@ CATALOGUE = [
     # 12. silently accepted before
     ("floor_division", Lambda(lambda self, x: torch.div(x, 3, rounding_mode="floor")[:, :3]),
      UnsupportedModuleError, r"rounding_mode='floor' .* no Lipschitz constant"),
-    ("gating", Lambda(lambda self, x: (x * torch.sigmoid(x))[:, :3]),
-     UnsupportedModuleError, r"product of two input-dependent tensors"),
+    ("gating_global", Lambda(lambda self, x: (x * torch.sigmoid(x))[:, :3]),
+     UnsupportedModuleError, r"product of two input-dependent tensors has no global"),
     ("hand_written_relu", Lambda(lambda self, x: torch.where(x > 0, x, 0.0)[:, :3]),
      UnsupportedModuleError, r"computed from the input but has no derivative"),
     ("exp", Lambda(lambda self, x: torch.exp(x)[:, :3]), UnsupportedModuleError,
@@ -118,7 +118,7 @@ def test_refusal_catalogue(name, model, error, pattern):
     with pytest.raises(error, match=pattern) as info:
         traced = trace_model(model, x, self_check=False)
         traced.fisher_bound()
-        if name.startswith("attention"):
+        if name.startswith(("attention", "gating")):
             from numeric.graph import fisher_bound
             fisher_bound(model, x, self_check=False)
     message = str(info.value)

@@ -10,7 +10,7 @@ from torch import nn
 
 import theory
 from numeric.graph import trace_model
-from numeric.graph.bound import _softmax_factor_norm
+from numeric.graph.local import _softmax_factor_norm
 from tests.numeric.graph_models import ACTIVATIONS
 
 #: the theory name and parameters of each activation module of ``ACTIVATIONS``

@@ -96,7 +96,15 @@ def _elementwise_bound(ctx: RuleContext) -> NodeSpec:
         op, graph_params = "function", {"call": name, **params}
     return NodeSpec(op, lipschitz=constant, params=graph_params, channelwise=True,
                     radius=_activation_radius(constant, at_zero),
+                    value_bound=_VALUE_BOUNDS.get(name, lambda p: None)(params),
                     label=f"sup |{name}'| (theory.activation_lipschitz)")
+
+
+#: Bounds on |phi(t)| for every t, where one exists.
+_VALUE_BOUNDS = {
+    "sigmoid": lambda p: 1.0, "tanh": lambda p: 1.0, "hardsigmoid": lambda p: 1.0,
+    "hardtanh": lambda p: max(abs(p["min_val"]), abs(p["max_val"])),
+}
 
 
 def _activation_radius(constant: float, at_zero: float):
@@ -122,6 +130,15 @@ def _derivative(ctx: RuleContext, z: torch.Tensor) -> torch.Tensor:
     return grad
 
 
+def _signed_derivative(ctx: RuleContext, z: torch.Tensor) -> torch.Tensor:
+    r""":math:`\phi'(z)` with its sign (one backward pass)."""
+    with torch.enable_grad():
+        leaf = z.detach().clone().requires_grad_(True)
+        out = ctx.replay(self=leaf)
+        (grad,) = torch.autograd.grad(out.sum(), leaf)
+    return grad
+
+
 def _elementwise_local(ctx: RuleContext) -> torch.Tensor:
     value = ctx.traced()[0]
     z = value.value.detach().to(torch.float64)
@@ -136,6 +153,65 @@ def _elementwise_local(ctx: RuleContext) -> torch.Tensor:
         ctx.stash["derivative"] = derivative
     rows = value.rows
     return per_row(derivative, rows, ctx.batch) * CERTIFICATION_FACTOR
+
+
+#: The points where |phi'| may jump, from the operator's parameters.
+_KINKS = {
+    "relu": lambda p: [0.0], "leaky_relu": lambda p: [0.0], "elu": lambda p: [0.0],
+    "celu": lambda p: [0.0], "selu": lambda p: [0.0], "hardswish": lambda p: [-3.0, 3.0],
+    "hardsigmoid": lambda p: [-3.0, 3.0],
+    "hardtanh": lambda p: [p["min_val"], p["max_val"]],
+    "softplus": lambda p: [p["threshold"] / p["beta"]],
+}
+
+
+def _elementwise_region(ctx: RuleContext) -> torch.Tensor:
+    r"""Row maxima of :math:`\sup|\phi'|` over each entry's interval over the ball.
+
+    The interval :math:`[z - \delta, z + \delta]` is cut at the kinks; on each smooth piece
+    :math:`[a, b]` the derivative :math:`g = \phi'` is ``c``-Lipschitz (``c`` the
+    second-derivative bound), so :math:`(g(a^+) + g(b^-) \pm c(b - a))/2` bound its range
+    there; the one-sided values are taken a tiny step inside the piece, the step times
+    ``c`` added. Stashed for the refinements: ``derivative`` (the bound on
+    :math:`|\phi'|`) and ``variation`` (on :math:`|\phi'(t) - \phi'(z)|`)."""
+    value = ctx.traced()[0]
+    z = value.value.detach().to(torch.float64)
+    ball = ctx.deviation(value).to(z)
+    # never narrower than the local tolerance: at a kink both sides count (Clarke)
+    deviation = torch.maximum(ball, tolerance(z, value.rows))
+    lower, upper = z - deviation, z + deviation
+    name, params = _theory_call(ctx)
+    curvature = _curvature(ctx)
+    cuts = sorted(_KINKS.get(name, lambda p: [])(params))
+    edges = [lower] + [torch.clamp(torch.full_like(z, k), lower, upper) for k in cuts] + [upper]
+    highest = torch.full_like(z, -math.inf)
+    lowest = torch.full_like(z, math.inf)
+    for a, b in zip(edges[:-1], edges[1:]):
+        width = (b - a).clamp_min(0)
+        step = torch.minimum(width / 2, 1e-9 * (1 + a.abs()))
+        left, right = _signed_derivative(ctx, a + step), _signed_derivative(ctx, b - step)
+        # phi' is curvature-Lipschitz on the piece: its range is within these
+        top = (left + right + curvature * width) / 2 + curvature * step
+        bottom = (left + right - curvature * width) / 2 - curvature * step
+        highest = torch.where(width > 0, torch.maximum(highest, top), highest)
+        lowest = torch.where(width > 0, torch.minimum(lowest, bottom), lowest)
+    centre = _signed_derivative(ctx, z)
+    highest, lowest = torch.maximum(highest, centre), torch.minimum(lowest, centre)
+    best = torch.maximum(highest.abs(), lowest.abs())
+    variation = torch.maximum(highest - centre, centre - lowest)
+    # away from kinks phi' is smooth: over the ball it moves by curvature * deviation (no
+    # tolerance needed there: the widening is for the two sides of a kink)
+    at_kink = torch.zeros_like(z, dtype=torch.bool)
+    for k in cuts:
+        at_kink |= (lower <= k) & (k <= upper)
+    variation = torch.where(at_kink, variation, torch.minimum(variation, curvature * ball))
+    live = value.rows.live()
+    if live is not None:
+        best = best * live.to(best.device)
+        variation = variation * live.to(best.device)
+    ctx.stash["derivative"] = best
+    ctx.stash["variation"] = variation
+    return per_row(best, value.rows, ctx.batch) * CERTIFICATION_FACTOR
 
 
 def _prelu(ctx: RuleContext) -> NodeSpec:
@@ -158,10 +234,16 @@ def _one_lipschitz(ctx: RuleContext) -> NodeSpec:
                                                                "the operands'")
             ctx.constant(name)
     zero_preserving = ctx.node.target in (aten.abs.default, aten.sin.default)
+    bound = None
+    if ctx.node.target in (aten.sin.default, aten.cos.default):
+        bound = 1.0
+    elif ctx.node.target is aten.clamp.default and ctx.arg("min") is not None and \
+            ctx.arg("max") is not None:
+        bound = max(abs(float(ctx.arg("min"))), abs(float(ctx.arg("max"))))
     return NodeSpec("function", lipschitz=1.0, params={"call": str(ctx.node.target)},
                     channelwise=True, radius=_activation_radius(1.0, 0.0 if zero_preserving
                                                                 else 1.0),
-                    label="1-Lipschitz elementwise function")
+                    value_bound=bound, label="1-Lipschitz elementwise function")
 
 
 def _maximum(ctx: RuleContext) -> NodeSpec:
@@ -190,7 +272,7 @@ def _softmax(ctx: RuleContext) -> NodeSpec:
     dim = _softmax_dim(ctx)
     last = dim == ctx.input.dim() - 1
     size = ctx.input.shape[-1]
-    return NodeSpec("function", lipschitz=float(half), mixes=(dim,),
+    return NodeSpec("function", lipschitz=float(half), mixes=(dim,), value_bound=1.0,
                     params={"call": "softmax", "dim": dim},
                     radius=lambda r: 1.0 if last else math.sqrt(size),
                     label="||diag p - p p^T|| <= 1/2 (theory.softmax_curvature_bound)")
@@ -216,7 +298,8 @@ def _log_softmax(ctx: RuleContext) -> NodeSpec:
 
 def register() -> None:
     for op in ELEMENTWISE_OPS:
-        register_rule(op, _elementwise_bound, local=_elementwise_local, overwrite=True)
+        register_rule(op, _elementwise_bound, local=_elementwise_local,
+                      region=_elementwise_region, overwrite=True)
     register_rule(aten._prelu_kernel.default, _prelu, overwrite=True)
     for op in (aten.abs.default, aten.clamp.default, aten.clamp.Tensor,
                aten.clamp_min.default, aten.clamp_max.default, aten.clamp_min.Tensor,

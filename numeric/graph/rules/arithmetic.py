@@ -8,9 +8,11 @@ r"""Sums, scalings and the refusals of products.
   :math:`x \mapsto w \odot \operatorname{broadcast}(x)` has the exact norm
   :math:`\max_j (\sum_{i \to j} w_i^2)^{1/2}` (the root-sum-square of the factors that
   one entry is multiplied by), computed centrally; a zero divisor is refused.
-- a product of two input-dependent tensors (gating, squeeze-excitation, attention written
-  by hand), a division by one, ``pow``, ``exp``, ``log``, ``sqrt``, ``reciprocal``: no
-  global Lipschitz constant exists; refused with the reason. A rounding division
+- a product of two input-dependent tensors (gating, squeeze-excitation): the product rule
+  (``kind="product"``), with a global constant only when both factors are bounded for
+  every input (a sigmoid gate times a bounded value), else local and region bounds only.
+- a division by an input-dependent tensor, ``pow``, ``exp``, ``log``, ``sqrt``,
+  ``reciprocal``: no global Lipschitz constant exists; refused with the reason. A rounding division
   (``rounding_mode='floor'``/``'trunc'``) is piecewise constant with jumps: refused.
 """
 
@@ -61,10 +63,8 @@ def _neg(ctx: RuleContext) -> NodeSpec:
 
 def _mul(ctx: RuleContext) -> NodeSpec:
     if _is_traced(ctx, "self") and _is_traced(ctx, "other"):
-        raise unsupported(ctx, "a product of two input-dependent tensors (gating, "
-                               "squeeze-excitation, attention written by hand) has no global "
-                               "Lipschitz constant; use fisher_bound(..., local=True) or "
-                               "register a rule for the block")
+        return NodeSpec("add", kind="product", params={"operands": ("self", "other")},
+                        label="product rule")
     name = "other" if _is_traced(ctx, "self") else "self"
     factor = ctx.constant(name)
     return NodeSpec("scale", kind="scale", factor=factor, label="exact norm of the "

@@ -32,7 +32,7 @@ from numeric.graph.rows import map_rows, per_row
 from numeric.graph.rules.common import certify
 from theory import transformer as tt
 
-__all__ = ["register"]
+__all__ = ["register", "slow_forward"]
 
 _SIGNATURE = inspect.signature(nn.MultiheadAttention.forward)
 
@@ -259,5 +259,50 @@ def _attention_local(ctx: RuleContext) -> torch.Tensor:
     return per_row(values.reshape(shape), rows, ctx.batch)
 
 
+def _attention_region(ctx: RuleContext) -> torch.Tensor:
+    """The global formula on the ball of radius R(x) + (how far the tokens move): every
+    token of every input in the ball has at most that norm."""
+    mha, call = _check(ctx)
+    value = call["query"]
+    x = value.value.detach().to(torch.float64)
+    batch_dim = 0 if mha.batch_first else 1
+    moved = ctx.deviation(value).to(x).pow(2).sum(dim=-1).sqrt()      # per token
+    radius = (x.norm(dim=-1) + moved).amax(dim=1 - batch_dim)          # per batch entry
+    tokens = x.shape[1 - batch_dim]
+    norms = _head_norms(mha)
+    values = []
+    for r in radius.tolist():
+        heads = [tt.attention_head_lipschitz(r, tokens, mha.head_dim, norms["wq"][h],
+                                             norms["wk"][h], norms["wv"][h], norms["bq"][h],
+                                             qk_norm=norms["qk"][h])
+                 for h in range(mha.num_heads)]
+        values.append(certify(tt.multihead_attention_lipschitz(heads, norms["wo"])))
+    shape = [1, 1, 1]
+    shape[batch_dim] = len(values)
+    rows = map_rows(value.rows, tuple(d for d in range(3) if d != batch_dim), True,
+                    tuple(shape))
+    values = torch.tensor(values, dtype=torch.float64).reshape(shape)
+    return per_row(values, rows, ctx.batch)
+
+
+def slow_forward(mha: nn.MultiheadAttention, query, key, value, key_padding_mask=None,
+                 need_weights=True, attn_mask=None, average_attn_weights=True,
+                 is_causal=False):
+    """``nn.MultiheadAttention.forward`` without its fused fast path (which has no
+    forward-mode derivative): the same computation through
+    ``F.multi_head_attention_forward``, in eval mode (no dropout)."""
+    import torch.nn.functional as F
+    if mha.batch_first:
+        query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+    out, weights = F.multi_head_attention_forward(
+        query, key, value, mha.embed_dim, mha.num_heads, mha.in_proj_weight,
+        mha.in_proj_bias, mha.bias_k, mha.bias_v, mha.add_zero_attn, 0.0,
+        mha.out_proj.weight, mha.out_proj.bias, training=False,
+        key_padding_mask=key_padding_mask, need_weights=need_weights, attn_mask=attn_mask,
+        average_attn_weights=average_attn_weights, is_causal=is_causal)
+    return (out.transpose(0, 1) if mha.batch_first else out), weights
+
+
 def register() -> None:
-    register_rule(nn.MultiheadAttention, _attention, local=_attention_local, overwrite=True)
+    register_rule(nn.MultiheadAttention, _attention, local=_attention_local,
+                  region=_attention_region, overwrite=True)

@@ -57,11 +57,9 @@ def _linear(ctx: RuleContext) -> NodeSpec:
 
 def _product(ctx: RuleContext, left: str, right: str, alpha: float = 1.0) -> NodeSpec:
     a, b = ctx.arguments[left], ctx.arguments[right]
-    if a.traced and b.traced:
-        raise unsupported(ctx, "a product of two input-dependent tensors (self-attention "
-                               "or gating written by hand) has no global Lipschitz constant; "
-                               "use fisher_bound(..., local=True) on a model whose attention "
-                               "is an nn.MultiheadAttention, or register a rule")
+    if a.traced and b.traced:   # attention written by hand: the product rule
+        return NodeSpec("add", kind="product", label="product rule for a matrix product",
+                        params={"operands": (left, right), "matmul": True, "scale": alpha})
     if a.dependent or b.dependent:
         raise unsupported(ctx, "a factor depends on the input without a derivative")
     traced_left = a.traced

@@ -106,7 +106,7 @@ def _layernorm(ctx: RuleContext) -> NodeSpec:
 
     scale = _double(weight) if weight is not None and len(shape) == 1 else None
     return NodeSpec("layernorm", lipschitz=certify(tt.layernorm_lipschitz(gamma, eps)),
-                    mixes=mixes, params=params, outputs=outputs,
+                    mixes=mixes, params=params, outputs=outputs, value_bound=radius_value,
                     radius=lambda r: radius_value, feature_scale=scale,
                     without_scale=without_scale,
                     label="max|gamma|/sqrt(eps) (theory.layernorm_lipschitz)")
@@ -132,6 +132,28 @@ def _layernorm_local(ctx: RuleContext) -> torch.Tensor:
     group_rows = map_rows(rows, dims, True, variance.shape)
     live = rows.live()
     if live is not None:   # groups that do not depend on the input do not count
+        constant_group = ~live.to(x.device).any(dim=dims, keepdim=True)
+        variance = torch.where(constant_group, torch.full_like(variance, math.inf), variance)
+    gamma = 1.0 if ctx.spec.params.get("gamma_folded") else _gamma_max(ctx.arg("weight"))
+    return _smallest_variance_local(ctx, variance, group_rows, gamma, ctx.arg("eps"))
+
+
+def _layernorm_region(ctx: RuleContext) -> torch.Tensor:
+    r"""The local form at the smallest token standard deviation over the ball: the standard
+    deviation :math:`\|u - \bar u 1\|/\sqrt D` is :math:`1/\sqrt D`-Lipschitz in the
+    token, whose change is at most the norm of the entrywise deviations."""
+    shape = tuple(int(s) for s in ctx.arg("normalized_shape"))
+    value = ctx.traced()[0]
+    x = value.value.detach().to(torch.float64)
+    dims = tuple(range(x.dim() - len(shape), x.dim()))
+    size = math.prod(shape)
+    std = x.var(dim=dims, unbiased=False, keepdim=True).sqrt()
+    moved = ctx.deviation(value).to(x).pow(2).sum(dim=dims, keepdim=True).sqrt()
+    variance = (std - moved / math.sqrt(size)).clamp_min(0) ** 2
+    from numeric.graph.rows import map_rows
+    group_rows = map_rows(value.rows, dims, True, variance.shape)
+    live = value.rows.live()
+    if live is not None:
         constant_group = ~live.to(x.device).any(dim=dims, keepdim=True)
         variance = torch.where(constant_group, torch.full_like(variance, math.inf), variance)
     gamma = 1.0 if ctx.spec.params.get("gamma_folded") else _gamma_max(ctx.arg("weight"))
@@ -188,7 +210,7 @@ def register() -> None:
         register_rule(op, _batchnorm_training, overwrite=True)
     register_rule(aten.native_batch_norm.default, _native_batch_norm, overwrite=True)
     register_rule(aten.native_layer_norm.default, _layernorm, local=_layernorm_local,
-                  overwrite=True)
+                  region=_layernorm_region, overwrite=True)
     register_rule(aten.native_group_norm.default, _groupnorm, local=_groupnorm_local,
                   overwrite=True)
     register_rule(aten.instance_norm.default, _instance_norm, overwrite=True)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 import theory
 from numeric.graph.norms import (CERTIFICATION_FACTOR, avgpool_operator_norm,
                                  linear_operator_norm, pooling_coverage)
-from numeric.graph.registry import NodeSpec, RuleContext, register_rule, unsupported
+from numeric.graph.registry import NodeSpec, RuleContext, register_rule
 from numeric.graph.rows import map_rows, per_row
 from numeric.graph.rules.common import aten, certify, tolerance
 
@@ -116,6 +116,51 @@ def _maxpool_local(ctx: RuleContext) -> torch.Tensor:
                     largest.shape)
     per = per_row(largest.sqrt(), rows, batch)
     return per.clamp_max(ctx.spec.lipschitz) * CERTIFICATION_FACTOR
+
+
+def _maxpool_region(ctx: RuleContext) -> torch.Tensor:
+    """Over the ball an entry can be its window's maximum only if its upper end reaches
+    the largest lower end in the window; the norm is the square root of the largest number
+    of windows in which one entry can be selected."""
+    value = ctx.traced()[0]
+    x = value.value.detach().to(torch.float64)
+    dims = len(ctx.spec.params["kernel_size"])
+    if dims != 2 or x.dim() != 4:
+        return torch.full((ctx.batch,), ctx.spec.lipschitz, dtype=torch.float64)
+    deviation = torch.maximum(ctx.deviation(value).to(x), tolerance(x, value.rows))
+    geometry = _pool_geometry(ctx, dims)
+    out = tuple(_first(ctx.output).shape[-dims:])
+    n, channels = x.shape[:2]
+    k, s, p, d = (geometry[name] for name in ("kernel_size", "stride", "padding", "dilation"))
+    needed = [(o - 1) * si + di * (ki - 1) + 1 for o, si, di, ki in zip(out, s, d, k)]
+    pad = []
+    for size, pi, need in reversed(list(zip(x.shape[-2:], p, needed))):
+        pad += [pi, need - size - pi]
+    lower = F.pad(x - deviation, pad, value=-math.inf)
+    upper = F.pad(x + deviation, pad, value=-math.inf)
+    shape = (n * channels, 1, *lower.shape[-2:])
+    low_windows = F.unfold(lower.reshape(shape), k, dilation=d, stride=s)
+    high_windows = F.unfold(upper.reshape(shape), k, dilation=d, stride=s)
+    selectable = high_windows >= low_windows.amax(dim=1, keepdim=True)
+    live = value.rows.live()
+    if live is not None:
+        mask = F.pad(live.to(x.device).reshape(x.shape).to(torch.float64), pad, value=0.0)
+        selectable = selectable & (F.unfold(mask.reshape(shape), k, dilation=d, stride=s) > 0)
+    counts = F.fold(selectable.to(torch.float64), lower.shape[-2:], k, dilation=d, stride=s)
+    largest = counts.reshape(n, channels, -1).amax(dim=-1).reshape(n, channels, 1, 1)
+    rows = map_rows(value.rows, (2, 3), True, largest.shape)
+    gradients = ctx.tangent_norms(value) if ctx.tangent_norms is not None else None
+    if gradients is not None and value.rows.is_standard:
+        # (P' - P) J(x): a window whose selection can change moves its row from one
+        # selectable entry's gradient to another's: at most twice the largest of them
+        norms = F.pad(gradients.to(x), pad, value=0.0).reshape(shape)
+        windows = F.unfold(norms, k, dilation=d, stride=s)
+        ambiguous = selectable.sum(dim=1) > 1
+        change = torch.where(ambiguous, 2 * torch.where(selectable, windows, 0).amax(dim=1),
+                             torch.zeros_like(ambiguous, dtype=x.dtype))
+        ctx.stash["variation_exact"] = change.pow(2).reshape(n, -1).sum(dim=1).sqrt() * (
+            1 + 1e-9)
+    return per_row(largest.sqrt(), rows, ctx.batch) * CERTIFICATION_FACTOR
 
 
 def _unsqueezed(rows):
@@ -243,7 +288,8 @@ def register() -> None:
     for dims, op in ((1, aten.max_pool1d_with_indices.default),
                      (2, aten.max_pool2d_with_indices.default),
                      (3, aten.max_pool3d_with_indices.default)):
-        register_rule(op, _maxpool(dims), local=_maxpool_local, overwrite=True)
+        register_rule(op, _maxpool(dims), local=_maxpool_local, region=_maxpool_region,
+                      overwrite=True)
     for dims, op in ((1, aten.avg_pool1d.default), (2, aten.avg_pool2d.default),
                      (3, aten.avg_pool3d.default)):
         register_rule(op, _avgpool(dims), overwrite=True)
