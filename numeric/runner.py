@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # torch is imported where it is used: reading a log needs no 
     import torch
 
 __all__ = ["RunContext", "run_context", "chunks", "ResultLog", "run_key", "gather_records",
-           "evaluate_chunks", "chunk_generator"]
+           "evaluate_chunks", "chunk_generator", "in_processes"]
 
 
 @dataclass(frozen=True)
@@ -247,3 +247,39 @@ def evaluate_chunks(compute: Callable[[int, range], list[dict]], num_samples: in
             log.append(chunk_id, new)
         records.extend(new)
     return records
+
+
+def _worker_setup() -> None:
+    import signal
+    import threading
+
+    from tqdm import tqdm
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    # tqdm (which torch.export uses inside) would create a process-shared lock, which a
+    # terminated worker could not release; a thread lock is all one process needs
+    tqdm.set_lock(threading.RLock())
+
+
+def in_processes(function: Callable, jobs: Iterable, processes: int) -> Iterator:
+    """``function(job)`` for every job in ``processes`` spawned processes; yields the
+    results as they finish (in any order).
+
+    ``spawn`` because a fork after torch has started its threads can deadlock. The workers
+    ignore Ctrl-C and hold no process-shared locks; on Ctrl-C or any error here they are
+    terminated at once (whatever they have logged stays), so an interrupted run prints one
+    line, not a traceback (or a leaked-semaphore warning) per process.
+    ``function`` and the jobs must be picklable (module-level functions, plain data).
+    """
+    import multiprocessing
+    pool = multiprocessing.get_context("spawn").Pool(processes, initializer=_worker_setup)
+    try:
+        yield from pool.imap_unordered(function, jobs)
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+        del pool
+        import gc
+        gc.collect()  # release the pool's semaphores now, not at interpreter exit

@@ -373,7 +373,8 @@ def trained_models(wanted: list[tuple[str, bool]], *, seed: int = 0,
 
     Training runs on one thread per model (for bit-identical weights, see the module
     notes), so the models missing from the cache are trained in ``workers`` separate
-    processes (``spawn``), adversarial ones first (they take about four times longer);
+    processes (:func:`numeric.runner.in_processes`), adversarial ones first (they take
+    about four times longer);
     every model is then loaded from the cache. The weights are the same as with
     :func:`trained_model` one by one.
 
@@ -393,8 +394,7 @@ def trained_models(wanted: list[tuple[str, bool]], *, seed: int = 0,
     list of nn.Module
         In the order of ``wanted``.
     """
-    import concurrent.futures
-    import multiprocessing
+    from numeric.runner import in_processes
 
     key_dir = None if cache_dir is None else str(cache_dir)
     missing = [(n, a) for n, a in dict.fromkeys(wanted)
@@ -404,15 +404,13 @@ def trained_models(wanted: list[tuple[str, bool]], *, seed: int = 0,
         jobs = sorted(missing, key=lambda job: not job[1])  # adversarial first
         bar = _progress(len(jobs), progress, f"{len(jobs)} models in {workers} processes",
                         unit="model")
-        context = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-            futures = [pool.submit(_train_in_worker, (n, a, seed, key_dir, epochs))
-                       for n, a in jobs]
-            for future in concurrent.futures.as_completed(futures):
-                future.result()
+        try:
+            for _ in in_processes(_train_in_worker,
+                                  [(n, a, seed, key_dir, epochs) for n, a in jobs], workers):
                 if bar is not None:
                     bar.update()
-        if bar is not None:
-            bar.close()
+        finally:
+            if bar is not None:
+                bar.close()
     return [trained_model(n, adversarial=a, seed=seed, cache_dir=cache_dir, epochs=epochs,
                           progress=progress) for n, a in wanted]

@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -355,7 +356,12 @@ def measure_chunk(model: nn.Module, traced, info: ModelInfo, settings: CheckSett
         if on_stage is not None:
             on_stage(name)
         start = time.perf_counter()
-        columns.update(stage(chunk))
+        with warnings.catch_warnings():
+            # torch imports its forward-mode decompositions lazily, written with the
+            # deprecated torch.jit.script: a warning about torch, not about the user's run
+            warnings.filterwarnings("ignore", category=FutureWarning,
+                                    module="torch.jit._script")
+            columns.update(stage(chunk))
         seconds[name] = (time.perf_counter() - start) / len(x)
     records = []
     for row, index in enumerate(indices):

@@ -7,12 +7,12 @@ job rebuilds one model from its ``recipe`` (a picklable function returning the m
 rebuilt weights hash differently, traces it once and appends the chunks it is given to its
 own log (``samples.worker<i>.jsonl``) in the results log. The caller then reads everything
 back as if resuming (:func:`numeric.check.run.run_check`), so the numbers are those of a
-single process: each chunk's randomness depends on ``(seed, chunk)`` only.
+single process: each chunk's randomness depends on ``(seed, chunk)`` only. Processes come
+from :func:`numeric.runner.in_processes` (Ctrl-C stops them all at once).
 
 Jobs are one per model while there are at least as many models as workers, else each
-model's chunks are split among the workers; larger jobs start first. Processes are
-started with ``spawn`` (a fork after torch has started its threads can deadlock) and each
-uses ``cores // workers`` intra-op threads.
+model's chunks are split among the workers; larger jobs start first. Each process uses
+``cores // workers`` intra-op threads.
 """
 
 from __future__ import annotations
@@ -115,28 +115,22 @@ def compute_in_workers(keyed, x, y, settings: CheckSettings, store: RunStore, wo
     workers : int
         At most this many processes.
     announce : Announcer
-        Gets a bar over the samples computed.
+        Gets a note and a bar over the samples computed.
     """
-    import concurrent.futures
-    import multiprocessing
+    from numeric.runner import in_processes
 
     jobs = _jobs(keyed, x, y, settings, store, workers)
     if len(jobs) < 2:
         return 0
     processes = min(workers, len(jobs))
+    announce.note(f"computing {len(jobs)} jobs in {processes} processes")
     bar = announce.bar(sum(len(job.x) for job in jobs),
                        f"{len(jobs)} jobs in {processes} processes")
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(processes, mp_context=context) as pool:
-        futures = [pool.submit(run_job, job) for job in jobs]
-        try:
-            for future in concurrent.futures.as_completed(futures):
-                samples = future.result()
-                if bar is not None:
-                    bar.update(samples)
-        finally:
-            for future in futures:
-                future.cancel()
+    try:
+        for samples in in_processes(run_job, jobs, processes):
             if bar is not None:
-                bar.close()
+                bar.update(samples)
+    finally:
+        if bar is not None:
+            bar.close()
     return len(jobs)

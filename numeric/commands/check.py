@@ -128,10 +128,13 @@ def settings_from(args: argparse.Namespace):
 
 
 def announcer(args: argparse.Namespace, ctx):
-    """Progress bars and notes on stderr, unless ``--quiet``/``--json`` or not rank 0."""
+    """Notes on stderr unless ``--quiet``/``--json`` or not rank 0; progress bars too when
+    stderr is a terminal (in a log file they would be one endless line)."""
+    import sys
+
     from numeric.check.run import Announcer
     talk = ctx.is_main and not (args.quiet or args.json)
-    return Announcer(notes=talk, bars=talk)
+    return Announcer(notes=talk, bars=talk and sys.stderr.isatty())
 
 
 def run(args: argparse.Namespace) -> int:

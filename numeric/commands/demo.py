@@ -83,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     talk = ctx.is_main and not (args.quiet or args.json)
     workers = args.workers or available_cores()
     modules = trained_models(wanted, seed=settings.seed, cache_dir=args.cache_dir,
-                             workers=workers if ctx.is_main else 1, progress=talk)
+                             workers=workers if ctx.is_main else 1,
+                             progress=talk and sys.stderr.isatty())
     models = [ModelToCheck(name=f"{name}-{'pgd' if adversarial else 'std'}",
                            spec=f"fimbound:{name}", module=module.to(ctx.device).eval(),
                            training="pgd" if adversarial else "normal",

@@ -36,11 +36,12 @@ def _env():
     return env
 
 
-def _check(tmp_path: Path, out: str, launcher: list[str], extra=()) -> subprocess.Popen:
+def _check(tmp_path: Path, out: str, launcher: list[str], extra=(), **popen
+            ) -> subprocess.Popen:
     args = [*launcher, "-m", "numeric.cli", "check", "--model",
             str(tmp_path / "net.py") + ":build", *FAST, "--out", str(tmp_path / out), *extra]
     return subprocess.Popen(args, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, **popen)
 
 
 def _finish(proc: subprocess.Popen) -> str:
@@ -116,3 +117,28 @@ def _logged_chunks(log: Path) -> list[int]:
             continue  # the chunk in flight when the run was killed
     assert "header" in entries[0]
     return [entry["chunk"] for entry in entries[1:]]
+
+
+def _default_interrupts() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # as in a terminal, not a background job
+
+
+def test_ctrl_c_stops_every_worker_in_one_line_and_the_rerun_resumes(workdir, single):
+    proc = _check(workdir, "ctrl-c", [sys.executable], ["--workers", "2", "--quiet"],
+                  start_new_session=True, preexec_fn=_default_interrupts)
+    progress = workdir / "ctrl-c" / ".progress"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        logs = list(progress.rglob("samples.worker*.jsonl")) if progress.exists() else []
+        if any(log.read_text().count("\n") >= 2 for log in logs):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole process group
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert stderr.strip().splitlines() == [
+        "fimbound check: interrupted; run the same command again to resume where it stopped"]
+    stderr = _finish(_check(workdir, "ctrl-c", [sys.executable]))
+    assert "build: resumed" in stderr
+    _assert_same(single, _samples(workdir, "ctrl-c"))
