@@ -45,6 +45,9 @@ _LAZY = {
     "register_rule": "numeric.graph",
     "linear_operator_norm": "numeric.graph",
     "conv_operator_norm_bound": "numeric.graph",
+    "conv_operator_norm_bounds": "numeric.graph",
+    "model_conv_norm_bounds": "numeric.graph",
+    "region_bound": "numeric.graph",
     # models, data, attacks
     "load_model": "numeric.loading",
     "load_data": "numeric.data",

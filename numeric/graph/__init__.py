@@ -18,11 +18,14 @@ building), :mod:`~numeric.graph.passes` (exact tightenings), :mod:`~numeric.grap
 :mod:`~numeric.graph.norms` (operator norms).
 """
 
-from numeric.graph.bound import (TracedModel, fisher_bound, lipschitz_bound, module_graph,
-                                 trace_model)
+from numeric.graph.bound import (RegionBound, TracedModel, fisher_bound, lipschitz_bound,
+                                 module_graph, region_bound, trace_model)
 from numeric.graph.norms import (
     CERTIFICATION_FACTOR,
+    ConvLayer,
     conv_operator_norm_bound,
+    conv_operator_norm_bounds,
+    model_conv_norm_bounds,
     conv_operator_norm_estimate,
     linear_operator_norm,
 )
@@ -45,10 +48,15 @@ __all__ = [
     "module_graph",
     "fisher_bound",
     "lipschitz_bound",
+    "region_bound",
+    "RegionBound",
     "register_rule",
     "lookup_rule",
     "linear_operator_norm",
     "conv_operator_norm_bound",
+    "conv_operator_norm_bounds",
+    "model_conv_norm_bounds",
+    "ConvLayer",
     "conv_operator_norm_estimate",
     "CERTIFICATION_FACTOR",
     "GraphOptions",

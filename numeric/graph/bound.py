@@ -51,7 +51,7 @@ from numeric.graph.local import local_fisher, propagate_rows, stash_keys
 from numeric.graph.norms import CERTIFICATION_FACTOR
 from numeric.graph.passes import (centring_plan, fold_normalizations, last_linear,
                                   merge_pooling)
-from numeric.graph.region import (bisect_radius, exact_centre_bounds, region_pass,
+from numeric.graph.region import (exact_centre_bounds, region_pass,
                                   softmax_curvature_over_box)
 from numeric.graph.registry import GraphOptions, registered_module_types
 from numeric.graph.tangent import TANGENT_LIMIT
@@ -286,7 +286,7 @@ class TracedModel:
     # ------------------------------------------------------------------ region
 
     def region_bound(self, x: torch.Tensor, eps) -> RegionBound:
-        r"""Certified bounds over the ball :math:`\{x' : \|x' - x_b\|_2 \le arepsilon_b\}`
+        r"""Certified bounds over the ball :math:`\{x' : \|x' - x_b\|_2 \le \varepsilon_b\}`
         around each row (:mod:`numeric.graph.region`).
 
         Parameters
@@ -327,10 +327,18 @@ class TracedModel:
 
     def certified_radius(self, x: torch.Tensor, labels: torch.Tensor | None = None, *,
                          steps: int = 16) -> torch.Tensor:
-        r"""The largest radius, found by bisection, within which the prediction provably
-        does not change: every class margin :math:`m_j(x) = f_y(x) - f_j(x)` exceeds
-        :math:`arepsilon \sup_{B}\|
-abla m_j\|` (:mod:`numeric.graph.region`).
+        r"""The largest radius within which the prediction provably does not change.
+
+        Along any segment from :math:`x` of length :math:`r`, each class margin
+        :math:`m_j = f_y - f_j` changes by at most :math:`\int_0^r G_j(t)\,dt`, where
+        :math:`G_j(t) \ge \sup_{\|x'-x\| \le t}\|\nabla m_j(x')\|` is the region bound
+        (:mod:`numeric.graph.region`; Clarke's mean value theorem on the segment). With
+        :math:`G_j` non-decreasing, the upper Riemann sum over radii
+        :math:`t_1 < \dots < t_n` bounds the integral, so the largest :math:`t_k` with
+        :math:`m_j(x) > \sum_{i \le k}(t_i - t_{i-1})\,G_j(t_i)` for every :math:`j \ne y`
+        is certified: near :math:`x` the exact gradient counts, not the worst case over the
+        whole ball. The grid is geometric, from :math:`2^{-12}` to twice the first-order
+        radius :math:`\min_j m_j / G_j(0)`, ``steps`` points per factor 256.
 
         Parameters
         ----------
@@ -339,14 +347,14 @@ abla m_j\|` (:mod:`numeric.graph.region`).
             The classes to certify (default: the predictions); a row whose prediction
             differs from its label gets 0.
         steps : int, default 16
-            Bisection steps (each one region pass over the batch); the result is within a
-            factor :math:`1 + 2^{-steps}` of the largest radius the method proves, and
-            certified whatever the number of steps.
+            Grid points per factor 256 of radius (one region pass over the batch each;
+            about ``1.6 steps`` in all).
 
         Returns
         -------
         Tensor of shape (B,), float64
-            Certified radii in the input's Euclidean norm.
+            Certified radii in the input's Euclidean norm; never above the distance to
+            the nearest input with another prediction.
         """
         x, _ = self._region_arguments("certified_radius", x, 0.0)
         with torch.no_grad():
@@ -354,16 +362,36 @@ abla m_j\|` (:mod:`numeric.graph.region`).
         predicted = logits.argmax(dim=1)
         labels = predicted if labels is None else labels.to("cpu").long()
         margins = logits.gather(1, labels.unsqueeze(1)) - logits
-        correct = predicted == labels
+        others = torch.arange(margins.shape[1]) != labels.unsqueeze(1)
+        correct = (predicted == labels) & (margins.masked_fill(~others, math.inf).amin(1) > 0)
 
-        def holds(eps: torch.Tensor) -> torch.Tensor:
+        def gradients(eps: torch.Tensor) -> torch.Tensor:
             result = region_pass(self._traced, self._fisher_overrides(), x, eps)
-            gradients = result.margin_gradients.cpu()
-            gradients[torch.arange(len(labels)), labels] = 0
-            return ((margins > eps.unsqueeze(1) * gradients)
-                    | (torch.arange(margins.shape[1]) == labels.unsqueeze(1))).all(dim=1)
+            values = result.margin_gradients.cpu().clone()
+            values[torch.arange(len(labels)), labels] = 0
+            return values
 
-        return bisect_radius(holds, margins, correct, steps)
+        first = gradients(torch.zeros(len(labels), dtype=torch.float64))
+        first_order = torch.where(others, margins / first.clamp_min(1e-300),
+                                  torch.full_like(margins, math.inf)).amin(dim=1)
+        span = torch.where(correct & torch.isfinite(first_order), 2 * first_order,
+                           torch.zeros_like(first_order))
+        radius = torch.zeros(len(labels), dtype=torch.float64)
+        spent = torch.zeros_like(margins)
+        previous = torch.zeros(len(labels), dtype=torch.float64)
+        alive = span > 0
+        ratio = 2.0 ** (8.0 / steps)            # `steps` points per factor 256
+        t = span * 2.0 ** -12
+        for _ in range(int(math.ceil(steps * 13 / 8)) + 1):
+            if not bool(alive.any()):
+                break
+            t = torch.where(alive, t, previous)
+            spent = spent + (t - previous).unsqueeze(1) * gradients(t)
+            ok = alive & ((spent < margins) | ~others).all(dim=1)
+            radius = torch.where(ok, t, radius)
+            alive, previous = ok, t
+            t = t * ratio
+        return torch.where(correct, radius, torch.zeros_like(radius))
 
     def _fisher_overrides(self) -> dict:
         overrides = dict(self._centring) if self.options.centre_logits else {}

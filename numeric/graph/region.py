@@ -57,8 +57,7 @@ from numeric.graph.tangent import (LINEAR_OPS, TANGENT_LIMIT, frobenius, input_t
                                    jvp_of, row_norms, spectral_of_rows)
 from numeric.graph.trace import TracedGraph, _Runner
 
-__all__ = ["RegionResult", "region_pass", "softmax_curvature_over_box", "bisect_radius",
-           "exact_centre_bounds"]
+__all__ = ["RegionResult", "region_pass", "softmax_curvature_over_box", "exact_centre_bounds"]
 
 aten = torch.ops.aten
 
@@ -506,35 +505,6 @@ def _margin_gradients(traced: TracedGraph, runner: _RegionRunner, logits, lipsch
     return torch.minimum(norms, fallback)
 
 
-def bisect_radius(holds, margins: torch.Tensor, correct: torch.Tensor, steps: int
-                  ) -> torch.Tensor:
-    """Per row, the largest radius found by doubling then bisecting for which
-    ``holds(eps)`` (Tensor (B,) of bool) is true; 0 for rows not ``correct``. Only radii
-    at which ``holds`` was verified are returned."""
-    rows = margins.shape[0]
-    low = torch.zeros(rows, dtype=torch.float64)
-    positive = margins.clone()
-    positive[positive <= 0] = math.inf
-    scale = positive.amin(dim=1)
-    scale = torch.where(torch.isfinite(scale) & correct, scale, torch.zeros_like(scale))
-    high = scale.clone()
-    active = scale > 0
-    for _ in range(40):                       # grow until the certificate fails
-        if not bool(active.any()):
-            break
-        ok = holds(torch.where(active, high, torch.zeros_like(high))) & active
-        low = torch.where(ok, high, low)
-        high = torch.where(ok, high * 2, high)
-        active = ok
-    live = scale > 0
-    for _ in range(steps):
-        middle = (low + high) / 2
-        ok = holds(torch.where(live, middle, torch.zeros_like(middle))) & live
-        low = torch.where(ok, middle, low)
-        high = torch.where(ok, high, middle)
-    return torch.where(correct, low, torch.zeros_like(low))
-
-
 def exact_centre_bounds(result: RegionResult, eps: torch.Tensor
                         ) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Region bounds from the exact Jacobian :math:`J = J(x)` at the centre and the bound
@@ -545,11 +515,10 @@ def exact_centre_bounds(result: RegionResult, eps: torch.Tensor
     and :math:`\Sigma_{p'} \preceq \Sigma_p + s I` with
     :math:`s = \max_i|\Delta p_i| + 2\|\Delta p\| \ge \|\Sigma_{p'} - \Sigma_p\|`, where
     :math:`p'` ranges over the softmax of the box of centred logits
-    :math:`(Cf)_i \pm arepsilon(\|
-abla (Cf)_i\| + \Delta)`, so
+    :math:`(Cf)_i \pm \varepsilon(\|\nabla (Cf)_i\| + \Delta)`, so
     :math:`\sup_B \lambda_{\max}(F) \le (\sqrt{\|\Sigma_p^{1/2}J\|^2 + s\|CJ\|^2} +
     \sqrt{\kappa'}\Delta)^2`, which is :math:`\lambda_{\max}(F(x))` itself at
-    :math:`arepsilon = 0` away from kinks. Returns ``(jacobian, fisher)``, (B,) each."""
+    :math:`\varepsilon = 0` away from kinks. Returns ``(jacobian, fisher)``, (B,) each."""
     J = result.jacobian.to(torch.float64)
     centred = J - J.mean(dim=1, keepdim=True)
     delta = result.variation.to(torch.float64)

@@ -149,6 +149,9 @@ class NodeSpec:
     dense : callable or None
         ``dense() -> Tensor``: the explicit matrix of a linear op on flattened coordinates
         (a convolution on its grid) for the local refinement; ``dense_entries`` its size.
+    conv_layer : ConvLayer or None
+        A convolution whose lazy constant is its norm: the tracer bounds all of them in
+        one concurrent call (:func:`numeric.graph.norms.conv_operator_norm_bounds`).
     """
 
     op: str
@@ -174,6 +177,7 @@ class NodeSpec:
     matrix: torch.Tensor | None = None
     dense: Callable[[], torch.Tensor] | None = None
     dense_entries: int = 0
+    conv_layer: Any = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

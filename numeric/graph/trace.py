@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import operator
 from dataclasses import dataclass, field
 
@@ -30,6 +31,7 @@ from torch import fx, nn
 
 from numeric.errors import InputError, UnsupportedModuleError
 from numeric.graph.export import LEAF_OP, Exported, first_line
+from numeric.graph.norms import conv_operator_norm_bounds
 from numeric.graph.registry import (GraphOptions, NodeSpec, RuleContext, Value,
                                     bind_arguments, describe_target, lookup_rule,
                                     unsupported)
@@ -517,6 +519,15 @@ def evaluate_constants(traced: TracedGraph) -> None:
     """Compute the constants left as callables (after the folding passes, so that a
     layer's norm is computed once, for the folded weight)."""
     G = traced.G
+    convolutions = [key for key in sorted(traced.lazy & set(G))
+                    if traced.specs[key].conv_layer is not None
+                    and callable(traced.specs[key].lipschitz)]
+    if convolutions:   # every convolution in one concurrent call
+        values = conv_operator_norm_bounds(
+            [traced.specs[key].conv_layer for key in convolutions],
+            method=traced.options.conv_method, workers=max(1, min(2, os.cpu_count() or 1)))
+        for key, value in zip(convolutions, values):
+            traced.specs[key] = traced.specs[key].replace(lipschitz=float(value))
     for key in sorted(traced.lazy & set(G)):
         spec = traced.specs[key]
         if callable(spec.lipschitz):

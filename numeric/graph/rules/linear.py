@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from numeric.graph.norms import (conv_dense_entries, conv_dense_matrix,
+from numeric.graph.norms import (ConvLayer, conv_dense_entries, conv_dense_matrix,
                                  conv_operator_norm_bound, linear_operator_norm)
 from numeric.graph.registry import NodeSpec, RuleContext, register_rule, unsupported
 from numeric.graph.rules.common import aten
@@ -127,7 +127,10 @@ def conv_spec(weight, spatial, stride, padding, dilation, groups, method: str,
         return conv_dense_matrix(weight, spatial, **geometry)
 
     dims = tuple(range(1, len(spatial) + 2))
+    layer = ConvLayer(weight, tuple(spatial), tuple(stride), tuple(padding), tuple(dilation),
+                      groups, "zeros")
     spec = NodeSpec("conv", lipschitz=value, label=label, mixes=dims, fold=fold,
+                    conv_layer=layer,
                     fold_input=fold_input, dense=dense,
                     dense_entries=conv_dense_entries(weight, spatial, **geometry),
                     params={"kernel_size": list(weight.shape[2:]), "stride": list(stride),
