@@ -72,9 +72,14 @@ def run(args: argparse.Namespace) -> int:
     from numeric.runner import run_context
     from numeric.training import available_cores, trained_model, trained_models
 
+    import torch
+
     settings = settings_from(args)
     names = _model_names(args.families)
     out = ensure_writable(args.out)
+    # the demo's models are tiny: one thread per process is fastest, and the cores go to
+    # the worker processes (several threads on a busy machine spin instead of computing)
+    torch.set_num_threads(1)
     ctx = run_context(args.device or "cpu", True if args.distributed else None)
     start = time.perf_counter()
     data = load_data("digits", samples=settings.samples, split="test", seed=settings.seed)
