@@ -22,6 +22,7 @@ from pathlib import Path
 from numeric.check.results import CheckResult, ModelResult, write_json_atomic
 
 __all__ = ["write_report", "markdown_report", "summary_table", "describe_gap",
+           "describe_ratio",
            "TIGHTNESS_COLUMNS", "VULNERABILITY_COLUMNS"]
 
 
@@ -83,13 +84,25 @@ def describe_gap(bound: float, measured: float, what: str = "bound") -> str:
     if measured <= 0:
         return (f"every measured λ_max is 0 (the model is locally constant there), so no "
                 f"ratio is defined; the {what} is {_fmt(bound)}")
-    ratio = bound / measured
+    return describe_ratio(bound / measured, what)
+
+
+def describe_ratio(ratio: float, what: str = "bound") -> str:
+    """How loose a bound is, in words, from its ratio to the measured value.
+
+    >>> describe_ratio(1.0, "median local bound")
+    'the median local bound is tight (within 10%)'
+    """
+    if math.isnan(ratio):
+        return f"the {what} cannot be compared with the measurement"
     if ratio < 1:
         return f"the {what} is BELOW the measurement (factor {_fmt(ratio)}): a violation"
     if ratio <= 1.1:
         return f"the {what} is tight (within 10%)"
     if ratio < 10:
         return f"the {what} is loose by a factor of {ratio:.2g}"
+    if math.isinf(ratio):
+        return f"the {what} is infinitely loose (the measurement is 0)"
     return (f"the {what} is loose by {math.log10(ratio):.1f} orders of magnitude "
             f"(factor {_fmt(ratio)})")
 
@@ -191,8 +204,7 @@ def _in_words(result: CheckResult) -> list[str]:
             lines.append(f"- **{m.info.name}**: no sample was measured.")
             continue
         parts = [describe_gap(m.info.global_bound, a["lambda_max_max"], "global bound"),
-                 f"the local bounds are a median {_fmt(a['local_over_measured_median'])}× "
-                 f"the measured λ_max"]
+                 describe_ratio(a["local_over_measured_median"], "median local bound")]
         if a["lambda_max_zero"]:
             parts.append(f"{a['lambda_max_zero']} sample(s) have λ_max = 0")
         found = a["attack_found"]
