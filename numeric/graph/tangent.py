@@ -26,6 +26,8 @@ operation (``d`` the input size), memory ``B d`` times the largest activation.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 __all__ = ["TANGENT_LIMIT", "input_tangents", "jvp_of", "row_norms", "frobenius",
@@ -53,7 +55,10 @@ def jvp_of(function, primals: list[torch.Tensor], tangents: list[torch.Tensor]
     each tangent tensor), stacked in dim 1 of the result."""
     def one(*directions):
         return torch.func.jvp(function, tuple(primals), tuple(directions))[1]
-    return torch.func.vmap(one, in_dims=1, out_dims=1)(*tangents)
+    with warnings.catch_warnings():   # forward mode loads its decompositions via torch.jit
+        warnings.filterwarnings("ignore", message=".*torch.jit.script.*deprecated",
+                                category=FutureWarning)
+        return torch.func.vmap(one, in_dims=1, out_dims=1)(*tangents)
 
 
 def row_norms(tangent: torch.Tensor) -> torch.Tensor:
