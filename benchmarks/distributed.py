@@ -72,7 +72,7 @@ def _demo_rows(cwd: Path, quick: bool) -> list[tuple[str, float]]:
 
 
 def run(quick: bool = False) -> str:
-    samples = 64 if quick else 200
+    samples = 32 if quick else 96
     with tempfile.TemporaryDirectory() as tmp:
         cwd = Path(tmp)
         (cwd / "net.py").write_text(MODEL)

@@ -190,6 +190,11 @@ def _from_model(args) -> dict:
     traced = trace_model(model, example, fold_batchnorm=not args.plain,
                          centre_logits=not args.plain, merge_pooling=not args.plain,
                          conv_method=args.conv_method)
+    reason = traced.unbounded_reason()
+    if reason is not None and not args.local:
+        from numeric.errors import UnsupportedModuleError
+        raise UnsupportedModuleError(f"derive: no global bound: {reason}; --local --data SPEC "
+                                     f"gives certified bounds at the data's points.")
     G = traced.graph
     if args.write_graph:
         bounds.write_graph(G, args.write_graph)

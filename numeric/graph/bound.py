@@ -168,7 +168,7 @@ class TracedModel:
     def certified(self) -> bool:
         return all(data.get("certified", True) for _, data in self.graph.nodes(data=True))
 
-    def _unbounded_reason(self) -> str | None:
+    def unbounded_reason(self) -> str | None:
         """Why the model has no global bound (the label of its first infinite node)."""
         for key in nx.topological_sort(self._traced.G):
             data = self._traced.G.nodes[key]
@@ -501,10 +501,22 @@ def module_graph(model: nn.Module, example_input: torch.Tensor, *,
     >>> [G.nodes[n]["module"] for n in nx.topological_sort(G) if G.nodes[n]["op"] == "linear"]
     ['0', '2']
     >>> bounds.validate(G)
+
+    Raises
+    ------
+    As :func:`trace_model`; UnsupportedModuleError when a constant is infinite (a product
+    of two unbounded input-dependent tensors, attention on unbounded tokens): the graph
+    format holds finite certified constants only.
     """
-    return trace_model(model, example_input, fold_batchnorm=fold_batchnorm,
-                       centre_logits=centre_logits, merge_pooling=merge_pooling,
-                       conv_method=conv_method, self_check=False).graph
+    traced = trace_model(model, example_input, fold_batchnorm=fold_batchnorm,
+                         centre_logits=centre_logits, merge_pooling=merge_pooling,
+                         conv_method=conv_method, self_check=False)
+    reason = traced.unbounded_reason()
+    if reason is not None:
+        raise UnsupportedModuleError(f"module_graph: no global bound: {reason}; local and "
+                                     f"region bounds: trace_model(model, x).local_fisher_bound"
+                                     f"(x) or .region_bound(x, eps).")
+    return traced.graph
 
 
 def lipschitz_bound(model: nn.Module, example_input: torch.Tensor, *, quantity: str,
@@ -566,7 +578,7 @@ def fisher_bound(model: nn.Module, example_input: torch.Tensor, local: bool = Fa
     value = traced.fisher_bound()
     if math.isinf(value):
         raise UnsupportedModuleError(f"fisher_bound: no global bound: "
-                                     f"{traced._unbounded_reason()}; use "
+                                     f"{traced.unbounded_reason()}; use "
                                      f"fisher_bound(..., local=True).")
     return value
 

@@ -53,6 +53,9 @@ _CONSTANT_LIKE = {torch.ops.aten.zeros_like, torch.ops.aten.ones_like,
                   torch.ops.aten.new_zeros, torch.ops.aten.new_ones,
                   torch.ops.aten.new_empty, torch.ops.aten.new_full,
                   torch.ops.aten.empty_strided, torch.ops.aten.scalar_tensor}
+#: Operators whose result is uninitialised memory.
+_UNINITIALISED = {torch.ops.aten.empty, torch.ops.aten.empty_like, torch.ops.aten.new_empty,
+                  torch.ops.aten.empty_strided, torch.ops.aten.empty_permuted}
 #: Operators that read only the shape of their input.
 _SHAPE_OPS = {torch.ops.aten.sym_size.int, torch.ops.aten.sym_numel.default,
               torch.ops.aten.sym_stride.int, torch.ops.aten.sym_storage_offset.default,
@@ -216,11 +219,18 @@ class _Runner(KindBuilders, ProductBuilder):
                 call = self.traced.exported.calls[args[1]]
                 module = self.traced.leaf_module(call, dtype) if self.local else call.module
                 return call.run(list(args[0]), module)
-            return node.target(*args, **kwargs)
+            value = node.target(*args, **kwargs)
         except Exception as err:  # noqa: BLE001 - the model's own code failed on this input
             raise InputError(f"module_graph: the model failed at {self._where(node)} "
                              f"({type(err).__name__}: {first_line(err)}); check the input "
                              f"shape.") from err
+        if getattr(node.target, "overloadpacket", None) in _UNINITIALISED and \
+                isinstance(value, torch.Tensor):
+            # a correct program overwrites these entries before reading them (a circular
+            # pad fills its buffer slice by slice), but the values in between pass through
+            # the movement replays and value bounds: zeros, not whatever memory held (NaN)
+            value = value.zero_()
+        return value
 
     def _where(self, node: fx.Node) -> str:
         target = node.target

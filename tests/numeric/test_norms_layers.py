@@ -35,7 +35,10 @@ def test_batched_values_equal_one_call_per_layer(workers):
                                        groups=layer.groups, padding_mode=layer.padding_mode)
               for layer in layers]
     threads = torch.get_num_threads()
-    assert conv_operator_norm_bounds(layers, workers=workers) == single
+    # Each value is a certificate on its own; worker threads may run LAPACK with another
+    # thread count, which changes the rounding of the eigensolvers, not the value.
+    assert conv_operator_norm_bounds(layers, workers=workers) == pytest.approx(single,
+                                                                               rel=1e-12)
     assert torch.get_num_threads() == threads          # restored after the call
 
 
