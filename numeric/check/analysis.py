@@ -41,6 +41,8 @@ SOUNDNESS_CHECKS: tuple[tuple[str, str, str], ...] = (
     ("global", "lambda_max", "info.global_bound"),
     ("local", "lambda_max", "local_bound"),
     ("radius", "certified_radius", "attack_radius"),
+    ("global radius", "certified_radius_global", "attack_radius"),
+    ("region", "lambda_max", "region_bound"),
 )
 
 #: Ranking criteria that depend on the samples (the others are exact).
@@ -109,12 +111,16 @@ def soundness(result: CheckResult) -> dict:
     """Every violation of :data:`SOUNDNESS_CHECKS`, by sample.
 
     A bound that is NaN next to a known measurement is a violation (it certifies
-    nothing); a NaN measurement is counted in ``unmeasured`` and is no violation.
+    nothing); a NaN measurement is counted in ``unmeasured`` and is no violation; a bound
+    the run did not compute (its key absent or ``None``: records of older runs, the region
+    stage switched off) is no comparison.
     """
     violations, checked, unmeasured = [], 0, 0
     for model in result.models:
         for record in model.records:
             for kind, measured_key, bound_key in SOUNDNESS_CHECKS:
+                if not bound_key.startswith("info.") and record.get(bound_key) is None:
+                    continue
                 try:
                     measured = float(record[measured_key])
                 except (KeyError, TypeError, ValueError):
@@ -319,6 +325,12 @@ def _model_statistics(model: ModelResult, settings) -> dict:
         "attack_found": int(np.sum(np.isfinite(rad))),
         "attack_found_by": found_by,
         "certified_radius_median": _median(_values(records, "certified_radius")),
+        "certified_radius_global_median": _median(_values(records,
+                                                          "certified_radius_global")),
+        "certified_over_attack_median": _median(_ratios(_values(records, "certified_radius"),
+                                                        rad)),
+        "region_over_measured_median": _median(_ratios(_values(records, "region_bound"),
+                                                       lam)),
         "robust_accuracy": {k: _mean(_values(records, k)) for k in robust_keys},
         "correlation_lambda_vs_radius": correlation(
             lam, rad, resamples=settings.bootstrap, seed=settings.seed),

@@ -156,6 +156,47 @@ def _lambda_vs_radius(result: CheckResult, path: Path) -> str | None:
     return None
 
 
+def _certified_vs_attack(result: CheckResult, path: Path) -> str | None:
+    data = [(model, _field(model, "attack_radius"), _field(model, "certified_radius"),
+             _field(model, "certified_radius_global")) for model in result.models]
+    drawable = [(m, a, c, g) for m, a, c, g in data
+                if (np.isfinite(a) & (a > 0) & np.isfinite(c) & (c > 0)).any()]
+    if not drawable:
+        return ("no sample has both a finite positive attack radius and a positive "
+                "certified radius to draw on log axes")
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8.2, 4.8))
+    notes, low, high = [], math.inf, 0.0
+    for (model, attack, best, glob), color in zip(data, _colors(len(data))):
+        shown = np.isfinite(attack) & (attack > 0) & np.isfinite(best) & (best > 0)
+        face = "none" if model.info.adversarial else color
+        if shown.any():
+            ratio = np.median(best[shown] / attack[shown])
+            ax.scatter(attack[shown], best[shown], s=14, alpha=0.75, facecolors=face,
+                       edgecolors=color,
+                       label=f"{_label(model)} (median certified/attack {ratio:.2g})")
+            low = min(low, float(best[shown].min()))
+            high = max(high, float(attack[shown].max()))
+            gl = shown & np.isfinite(glob) & (glob > 0)
+            ax.scatter(attack[gl], glob[gl], s=8, marker="_", color=color, alpha=0.6)
+        hidden = len(attack) - int(shown.sum())
+        if hidden:
+            notes.append(f"{model.info.name}: {hidden} not drawable (no adversarial found, "
+                         f"misclassified or a zero radius)")
+    edge = np.array([low, high])
+    ax.plot(edge, edge, color="black", lw=1, label="certified = attack radius")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("smallest adversarial L2 perturbation found (log)")
+    ax.set_ylabel("certified radius (log)")
+    ax.set_title("Certified radius against attack radius, per sample")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.grid(alpha=0.3, which="major")
+    _note(ax, notes)
+    _save(fig, path)
+    return None
+
+
 def _rankings(result: CheckResult, path: Path) -> str | None:
     orders = result.analysis.get("rankings", {}).get("orders", {})
     if len(result.models) < 2 or not orders:
@@ -228,6 +269,12 @@ FIGURES: dict[str, tuple[Callable[[CheckResult, Path], str | None], str]] = {
         "perturbation the attack found, one point per sample (hollow: PGD-trained; ▶ at "
         "the right edge: no adversarial found). A robustness metric should fall as the "
         "radius grows (negative rank correlation, given in the legend)."),
+    "certified_vs_attack.png": (
+        _certified_vs_attack,
+        "Certified radius (dots: the better of the region and global certificates; dashes: "
+        "the global one alone) against the smallest adversarial perturbation found, per "
+        "sample, log scales (hollow: PGD-trained). No dot may lie above the diagonal; the "
+        "closer to it, the tighter the certificate."),
     "rankings.png": (
         _rankings,
         "Models ranked from most robust (top) to least robust (bottom) by each criterion "

@@ -18,8 +18,12 @@ Per sample, in chunks (:func:`measure_chunk`), the stages of :data:`STAGES`:
 ``pgd``
     robustness under PGD at the stated radii;
 ``certified_radius``
-    ``margin / (sqrt(2) L)`` (Tsuzuku et al. 2018): no perturbation below it changes the
-    prediction, so it can never exceed the attack radius.
+    the global certificate ``margin / (sqrt(2) L)`` (Tsuzuku et al. 2018) and the region
+    certificate (the margin against the integrated region bound,
+    :meth:`numeric.graph.TracedModel.certified_radius`), each kept, and the better of the
+    two: no perturbation below it changes the prediction, so it can never exceed the attack
+    radius; with them the region bound on ``λ_max`` over the ball of a quarter of the
+    attack radius.
 
 A new per-sample measurement is one stage function and one line in :data:`STAGES` (and its
 key in :data:`numeric.check.results.SAMPLE_FIELDS`). Logs, reports and exit status are
@@ -37,7 +41,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -73,7 +77,8 @@ class ModelToCheck:
 @dataclass
 class Chunk:
     """What every stage of one chunk sees. ``x`` Tensor of shape (B, ...); ``labels``,
-    ``pred`` LongTensor (B,); ``margin`` float64 Tensor (B,)."""
+    ``pred`` LongTensor (B,); ``margin`` float64 Tensor (B,); ``columns`` the fields the
+    stages before have produced."""
 
     model: nn.Module
     traced: object
@@ -84,6 +89,7 @@ class Chunk:
     pred: torch.Tensor
     margin: torch.Tensor
     generator: torch.Generator
+    columns: dict = field(default_factory=dict)   # the earlier stages' outputs
 
 
 def validate_model(name: str, model: nn.Module, x: torch.Tensor, num_classes: int) -> None:
@@ -285,7 +291,7 @@ def _pgd(chunk: Chunk) -> dict:
     return out
 
 
-def _certified_radius(chunk: Chunk) -> dict:
+def _global_radii(chunk: Chunk) -> list[float]:
     lipschitz = chunk.info.lipschitz
     radii = []
     for margin in chunk.margin.tolist():
@@ -295,7 +301,31 @@ def _certified_radius(chunk: Chunk) -> dict:
             radii.append(math.inf)
         else:
             radii.append(margin / (math.sqrt(2.0) * lipschitz))
-    return {"certified_radius": radii}
+    return radii
+
+
+def _certified_radius(chunk: Chunk) -> dict:
+    from numeric.errors import NumericError
+
+    radii = _global_radii(chunk)
+    rows = len(radii)
+    region = region_bound = [None] * rows          # not computed (no comparison)
+    attack = chunk.columns.get("attack_radius", [math.inf] * rows)
+    eps = [r / 4 if math.isfinite(r) else 0.0 for r in attack]
+    steps = chunk.settings.region_steps
+    if steps > 0:
+        x = chunk.x.detach()
+        try:
+            region = chunk.traced.certified_radius(x, chunk.pred, steps=steps).tolist()
+            region_bound = chunk.traced.region_bound(
+                x, torch.tensor(eps, dtype=torch.float64)).fisher.tolist()
+        except NumericError:
+            # a construct with a global rule but no region form: the global radius stands
+            pass
+    best = [g if r is None else max(g, r) for g, r in zip(radii, region)]
+    return {"certified_radius": best, "certified_radius_global": radii,
+            "certified_radius_region": region, "region_eps": eps,
+            "region_bound": region_bound}
 
 
 #: The per-sample stages, in order: ``(name, function(chunk) -> {field: per-row list})``.
@@ -350,7 +380,7 @@ def measure_chunk(model: nn.Module, traced, info: ModelInfo, settings: CheckSett
     chunk = Chunk(model=model, traced=traced, info=info, settings=settings, x=x,
                   labels=labels, pred=pred, margin=(top2[:, 0] - top2[:, 1]).cpu(),
                   generator=generator)
-    columns: dict[str, list] = {}
+    columns: dict[str, list] = chunk.columns
     seconds: dict[str, float] = {}
     for name, stage in STAGES:
         if on_stage is not None:

@@ -120,6 +120,7 @@ TIGHTNESS_COLUMNS: tuple[Column, ...] = (
     ("global / max λ", lambda m, a: _fmt(a["global_over_max"])),
     ("plain product / max λ", lambda m, a: _fmt(a["plain_over_max"])),
     ("median local / λ", lambda m, a: _fmt(a["local_over_measured_median"])),
+    ("median region / λ", lambda m, a: _fmt(a.get("region_over_measured_median"))),
     ("median black-box rel. error", lambda m, a: _fmt(a["blackbox_relative_error_median"])),
 )
 
@@ -129,6 +130,9 @@ VULNERABILITY_COLUMNS: tuple[Column, ...] = (
     ("adversarial found", lambda m, a: f"{a['attack_found']}/{a['samples']}"),
     ("median attack radius", lambda m, a: _fmt(a["attack_radius_median"])),
     ("median certified radius", lambda m, a: _fmt(a["certified_radius_median"])),
+    ("median global certified radius",
+     lambda m, a: _fmt(a.get("certified_radius_global_median"))),
+    ("median certified / attack", lambda m, a: _fmt(a.get("certified_over_attack_median"))),
     ("Spearman ρ [95% CI]", lambda m, a: _correlation_cell(a, "spearman")),
     ("Kendall τ [95% CI]", lambda m, a: _correlation_cell(a, "kendall")),
 )
@@ -191,8 +195,14 @@ def _intro(result: CheckResult) -> list[str]:
               "radius is the smallest L2 perturbation found by the minimum-norm attack "
               f"ensemble ({', '.join(s.attacks) if s.attacks else 'its default members'}; "
               f"{s.attack_steps} steps, {_count(s.attack_restarts, 'restart')}; ∞ when "
-              "none was found); the certified radius is margin/(√2·L) with L the certified "
-              "Lipschitz constant of the centred logits.", ""]
+              "none was found); the certified radius is the better of two certificates: "
+              "margin/(√2·L) with L the certified Lipschitz constant of the centred logits "
+              "(the global radius), and the margin against the integrated bound on the "
+              "margin gradients over growing balls around the sample (the region radius, "
+              f"{s.region_steps} grid points per factor 256"
+              + ("" if s.region_steps else ": switched off") + "). The region bound is "
+              "the certified bound on λ_max over the ball of a quarter of the attack "
+              "radius.", ""]
     return lines
 
 
@@ -205,6 +215,10 @@ def _in_words(result: CheckResult) -> list[str]:
             continue
         parts = [describe_gap(m.info.global_bound, a["lambda_max_max"], "global bound"),
                  describe_ratio(a["local_over_measured_median"], "median local bound")]
+        ratio = a.get("certified_over_attack_median", math.nan)
+        if ratio is not None and math.isfinite(ratio):
+            parts.append(f"the median certified radius is {_fmt(ratio, 2)} of the attack "
+                         f"radius")
         if a["lambda_max_zero"]:
             parts.append(f"{a['lambda_max_zero']} sample(s) have λ_max = 0")
         found = a["attack_found"]
@@ -226,8 +240,8 @@ def _soundness(result: CheckResult) -> list[str]:
     lines = ["## Soundness", ""]
     if sound["sound"]:
         lines.append(f"**No violations** in {sound['checked']} comparisons (global bound ≥ "
-                     "every λ_max, local bound ≥ λ_max at its sample, certified radius ≤ "
-                     "attack radius).")
+                     "every λ_max, local and region bounds ≥ λ_max at their sample, both "
+                     "certified radii ≤ attack radius).")
     else:
         lines += [f"**{len(sound['violations'])} VIOLATIONS** — a bound below a measured "
                   "value is a bug:", "", "| model | sample | kind | measured | bound |",
@@ -328,7 +342,7 @@ def _provenance(result: CheckResult) -> list[str]:
     lines += [f"- {name} {version}" for name, version in run.versions.items()]
     if run.run_key:
         lines.append(f"- results log key: {run.run_key}")
-    lines.append(f"- settings: " + ", ".join(f"{k}={v}" for k, v in
+    lines.append("- settings: " + ", ".join(f"{k}={v}" for k, v in
                                                vars(result.settings).items()))
     return lines + [""]
 

@@ -53,8 +53,17 @@ SAMPLE_FIELDS: dict[str, str] = {
     "blackbox_queries": "model evaluations the black-box estimate used",
     "attack_radius": "smallest L2 perturbation found that changes the prediction (inf: none)",
     "attack_found_by": "the attack (ensemble member) that found it ('none': nothing found)",
-    "certified_radius": "margin / (sqrt(2) L), L the certified Lipschitz bound of the "
-                        "centred logits: no perturbation below it changes the prediction",
+    "certified_radius": "the largest certified radius the toolkit proves (the better of "
+                        "the region certificate and the global one): no perturbation below "
+                        "it changes the prediction",
+    "certified_radius_global": "margin / (sqrt(2) L), L the certified Lipschitz bound of "
+                               "the centred logits over every input",
+    "certified_radius_region": "integrated region-bound certificate "
+                               "(TracedModel.certified_radius; None: not computed)",
+    "region_eps": "radius of the ball of region_bound: a quarter of the attack radius (0 "
+                  "when no adversarial was found)",
+    "region_bound": "certified bound on lambda_max(F(x')) over every x' within region_eps "
+                    "of the sample (None: not computed)",
     "pgd_<norm>_<eps>": "whether PGD at that radius left the label unchanged",
     "seconds": "per-sample share of each stage's time in this sample's chunk",
 }
@@ -67,6 +76,8 @@ class CheckSettings:
 
     ``attacks`` names the members of the minimum-norm attack ensemble
     (:func:`numeric.attacks.minimum_norm_attack`); empty: its default ensemble.
+    ``region_steps``: grid points per factor 256 of radius of the region certificate
+    (:meth:`numeric.graph.TracedModel.certified_radius`); 0 skips the region stage.
     """
 
     samples: int = 100
@@ -82,6 +93,7 @@ class CheckSettings:
     pgd_restarts: int = 3
     bootstrap: int = 2000
     spectrum_size: int = 10
+    region_steps: int = 16
 
     def computing(self) -> dict:
         """The settings that change per-sample numbers (everything but ``bootstrap``)."""

@@ -59,6 +59,11 @@ def add_check_options(parser: argparse.ArgumentParser, defaults=None,
                         help=f"PGD steps (default: {d.pgd_steps})")
     parser.add_argument("--pgd-restarts", type=int, default=d.pgd_restarts,
                         help=f"PGD random restarts (default: {d.pgd_restarts})")
+    parser.add_argument("--region-steps", type=int, default=d.region_steps, metavar="N",
+                        help=f"grid points per factor 256 of radius of the region "
+                             f"certificate (about 1.6 N region passes per chunk); 0 keeps "
+                             f"the global radius only, for large models "
+                             f"(default: {d.region_steps})")
     parser.add_argument("--bootstrap", type=int, default=d.bootstrap,
                         help=f"bootstrap resamples of every interval (default: {d.bootstrap})")
     parser.add_argument("--chunk-size", type=int, default=d.chunk_size,
@@ -66,7 +71,9 @@ def add_check_options(parser: argparse.ArgumentParser, defaults=None,
                              f"(default: {d.chunk_size})")
     parser.add_argument("--workers", type=int, default=None,
                         help=f"processes computing models (or parts of one) side by side "
-                             f"on the CPU; the numbers do not change (default: {workers})")
+                             f"on the CPU; the numbers do not change, beyond the last "
+                             f"digits of eigensolvers run with another thread count "
+                             f"(default: {workers})")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -99,6 +106,8 @@ def settings_from(args: argparse.Namespace):
         if getattr(args, flag) < 1:
             raise InputError(f"check: expected --{flag.replace('_', '-')} >= 1, "
                              f"got {getattr(args, flag)}.")
+    if args.region_steps < 0:
+        raise InputError(f"check: expected --region-steps >= 0, got {args.region_steps}.")
     for flag in ("attack_restarts", "pgd_restarts"):
         if getattr(args, flag) < 1:
             raise InputError(f"check: expected --{flag.replace('_', '-')} >= 1, "
@@ -124,7 +133,8 @@ def settings_from(args: argparse.Namespace):
                          attack_restarts=args.attack_restarts, attacks=tuple(args.attacks),
                          pgd_l2=tuple(args.pgd_l2),
                          pgd_linf=tuple(args.pgd_linf), pgd_steps=args.pgd_steps,
-                         pgd_restarts=args.pgd_restarts, bootstrap=args.bootstrap)
+                         pgd_restarts=args.pgd_restarts, bootstrap=args.bootstrap,
+                         region_steps=args.region_steps)
 
 
 def announcer(args: argparse.Namespace, ctx):

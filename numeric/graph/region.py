@@ -87,12 +87,6 @@ def _expand(per_row: torch.Tensor, rows: Rows, shape, device) -> torch.Tensor:
     return torch.where(index >= 0, values, torch.zeros_like(values)).reshape(shape)
 
 
-ROUNDING = 1e-12
-"""Rounding of one operation's forward-mode products in float64, relative to a bound on
-its Jacobian's size, added to the certified variation node by node (well above the
-:math:`O(n\cdot 10^{-16})` of a product of length :math:`n`)."""
-
-
 class _RegionRunner(_Runner):
     def __init__(self, traced: TracedGraph, eps: torch.Tensor, constants_of: dict,
                  keep: set, tangents: bool) -> None:
@@ -262,15 +256,6 @@ class _RegionRunner(_Runner):
                 trivial = self.L[key] + (frobenius(tangent, info_rows, self.batch) * (
                     1 + 1e-12) if tangent is not None else self.L[key])
                 self.delta[key] = torch.where(self.eps == 0, self.delta[key], trivial)
-        if key in self.traced.created.get(node.name, ()) and key in self.L:
-            # the rounding of this operation's forward-mode products, relative to a bound
-            # on the Jacobian's size that no cancellation has shrunk (a saturated softmax
-            # returns a tangent of 1e-20 of its input's, with rounding errors of 1e-16)
-            scale = self.L[key]
-            if tangent is not None:
-                scale = torch.where(torch.isfinite(scale), scale,
-                                    frobenius(tangent, info_rows, self.batch))
-            self.delta[key] = self.delta[key] + ROUNDING * scale
         if tangent is None:
             return
         self.T[node.name] = tangent
@@ -536,8 +521,6 @@ def exact_centre_bounds(result: RegionResult, eps: torch.Tensor
     :math:`\varepsilon = 0` away from kinks. Returns ``(jacobian, fisher)``, (B,) each."""
     J = result.jacobian.to(torch.float64)
     centred = J - J.mean(dim=1, keepdim=True)
-    # the variation includes the rounding of the forward-mode products (ROUNDING, node by
-    # node), on which a Fisher value near one-hot p can rest
     delta = result.variation.to(torch.float64)
     norm = torch.linalg.matrix_norm(centred, ord=2) * (1 + 1e-9)
     jacobian = (norm + delta) * CERTIFICATION_FACTOR

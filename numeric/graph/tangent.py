@@ -18,10 +18,7 @@ centre. It then bounds :math:`\Delta_v \ge \sup_{B}\|J_v(x') - J_v(x)\|_2` node 
 - anything else: :math:`\Delta \le \sup\|J'\| + \|J(x)\|` (the region bound and the exact
   centre norm).
 
-Every operation also adds the rounding of its own forward-mode products,
-``region.ROUNDING`` times a bound on its Jacobian's size that no cancellation has shrunk
-(near one-hot softmax outputs the computed tangent can be 1e-20 of its input's, with the
-rounding of the input's scale). Then :math:`\sup_B \|J_v\| \le \|J_v(x)\| + \Delta_v` and every entry moves by at most
+Then :math:`\sup_B \|J_v\| \le \|J_v(x)\| + \Delta_v` and every entry moves by at most
 :math:`\varepsilon(\|\nabla v_i(x)\| + \Delta_v)`: at small radii the bounds approach the
 exact values at the centre, whatever the depth. Cost: ``d`` forward-mode products per
 operation (``d`` the input size), memory ``B d`` times the largest activation.

@@ -1,6 +1,6 @@
 """A new per-sample quantity is a line each: a stage, a soundness comparison, a report column
-and a figure, with no other change to the check (how the region-based certified radius
-plugs in)."""
+and a figure, with no other change to the check (as the region-based certified radius and
+region bound were added)."""
 
 import json
 
@@ -13,7 +13,7 @@ import numeric.check.report as report
 from numeric.cli import main
 
 
-def _half_radius(chunk):  # stands for traced.certified_radius(chunk.x, chunk.pred)
+def _half_radius(chunk):  # a stand-in for any new certified radius
     return {"half_radius": [r / 2 for r in pipeline._certified_radius(chunk)
                             ["certified_radius"]]}
 
@@ -45,7 +45,7 @@ def test_a_new_quantity_is_one_line_per_place(tmp_path, monkeypatch, capsys):
     assert [r["half_radius"] for r in samples] == pytest.approx(
         [r["certified_radius"] / 2 for r in samples])
     assert "half" in samples[0]["seconds"]
-    assert document["analysis"]["soundness"]["checked"] == 4 * 4
+    assert document["analysis"]["soundness"]["checked"] == 4 * len(analysis.SOUNDNESS_CHECKS)
     text = (out / "report.md").read_text()
     assert "| half radius |" in text and "*Half the certified radius.*" in text
     assert (out / "half.png").read_bytes() == b"drawn"

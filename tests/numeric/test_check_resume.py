@@ -225,8 +225,12 @@ def test_workers_compute_the_same_numbers_in_other_processes(tmp_path, spec, cap
     assert "2 jobs in 2 processes" in capsys.readouterr().err
     one, two = _document(tmp_path / "one"), _document(tmp_path / "two")
     for a, b in zip(one["models"], two["models"]):
-        assert [{k: r[k] for k in PER_SAMPLE} for r in a["samples"]] == \
-               [{k: r[k] for k in PER_SAMPLE} for r in b["samples"]]
+        assert len(a["samples"]) == len(b["samples"])
+        for r, q in zip(a["samples"], b["samples"]):
+            # same seeds and chunks, so the same numbers; a worker runs LAPACK with one
+            # thread, which may round the certified eigenvalue bounds differently (1e-11)
+            assert {k: r[k] for k in PER_SAMPLE} == pytest.approx(
+                {k: q[k] for k in PER_SAMPLE}, rel=1e-9)
         assert a["info"]["global_bound"] == b["info"]["global_bound"]
     writers = sorted(p.name for p in (tmp_path / "two" / ".progress").rglob("*.jsonl"))
     assert writers == ["samples.worker0.jsonl", "samples.worker1.jsonl"]
