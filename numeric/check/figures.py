@@ -114,6 +114,20 @@ def _bounds_vs_measured(result: CheckResult, path: Path) -> str | None:
     return None
 
 
+def _finish_against_radius(fig, ax, ylabel: str, title: str, notes: list[str],
+                           path: Path) -> None:
+    """Log axes with the attack radius on x, the legend outside, notes, saved."""
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("smallest adversarial L2 perturbation found (log)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.grid(alpha=0.3, which="major")
+    _note(ax, notes)
+    _save(fig, path)
+
+
 def _lambda_vs_radius(result: CheckResult, path: Path) -> str | None:
     data = []
     for model in result.models:
@@ -144,15 +158,8 @@ def _lambda_vs_radius(result: CheckResult, path: Path) -> str | None:
         left_out = len(rad) - int(finite.sum()) - int(none_found.sum())
         if left_out:
             notes.append(f"{model.info.name}: {left_out} not drawable (zero or NaN)")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("smallest adversarial L2 perturbation found (log)")
-    ax.set_ylabel("λ_max(F(x)) (log)")
-    ax.set_title("Fisher sensitivity against attack radius, per sample")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.grid(alpha=0.3, which="major")
-    _note(ax, notes)
-    _save(fig, path)
+    _finish_against_radius(fig, ax, "λ_max(F(x)) (log)",
+                           "Fisher sensitivity against attack radius, per sample", notes, path)
     return None
 
 
@@ -185,15 +192,8 @@ def _certified_vs_attack(result: CheckResult, path: Path) -> str | None:
                          f"misclassified or a zero radius)")
     edge = np.array([low, high])
     ax.plot(edge, edge, color="black", lw=1, label="certified = attack radius")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("smallest adversarial L2 perturbation found (log)")
-    ax.set_ylabel("certified radius (log)")
-    ax.set_title("Certified radius against attack radius, per sample")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.grid(alpha=0.3, which="major")
-    _note(ax, notes)
-    _save(fig, path)
+    _finish_against_radius(fig, ax, "certified radius (log)",
+                           "Certified radius against attack radius, per sample", notes, path)
     return None
 
 

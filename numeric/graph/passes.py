@@ -89,34 +89,53 @@ def _fold_backward(traced, key: str, scale: torch.Tensor) -> bool:
     return True
 
 
-def _fold_forward(traced, key: str, scale: torch.Tensor) -> bool:
+def _walk_chain(traced, key: str, classify):
+    """Follow the single-input, single-successor chain after ``key`` until
+    ``classify(node, spec, params)`` says ``"target"``; ``"through"`` puts the node in the
+    chain, ``"skip"`` passes it without, anything else gives up. Returns
+    ``(target, its spec, chain)`` (the chain starts with ``key``) or None."""
     G = traced.G
-    if key not in traced.standard_input or traced.input_ndim.get(key) not in (2, 3, 4, 5):
-        return False
-    node, flattened = key, traced.input_ndim.get(key) == 2
-    chain = [key]
+    node, chain = key, [key]
     while True:
         node = _only_successor(G, node)
         if node is None or node == "output" or G.in_degree(node) != 1:
-            return False
+            return None
         spec = traced.specs.get(node)
         if spec is None:
-            return False
+            return None
+        verdict = classify(node, spec, G.nodes[node].get("params", {}))
+        if verdict == "target":
+            return node, spec, chain
+        if verdict == "through":
+            chain.append(node)
+        elif verdict != "skip":
+            return None
+
+
+def _fold_forward(traced, key: str, scale: torch.Tensor) -> bool:
+    if key not in traced.standard_input or traced.input_ndim.get(key) not in (2, 3, 4, 5):
+        return False
+    flattened = traced.input_ndim.get(key) == 2
+
+    def classify(node, spec, params):
+        nonlocal flattened
         if spec.op == "conv" and not flattened and spec.fold_input is not None:
-            break
+            return "target"
         if spec.op == "linear" and spec.fold_input is not None and flattened and \
                 traced.input_ndim.get(node) == 2 and spec.matrix is not None and \
                 spec.matrix.shape[1] % scale.numel() == 0:
-            break
-        params = G.nodes[node].get("params", {})
+            return "target"
         if spec.kind == "movement" and spec.op == "reshape" and params.get("identity_order") \
                 and params.get("copies") == 1 and not flattened and \
                 traced.input_ndim.get(node, 0) > 2:
             flattened = True
-            continue
-        if not spec.channelwise:
-            return False
-        chain.append(node)
+            return "skip"
+        return "through" if spec.channelwise else "stop"
+
+    found = _walk_chain(traced, key, classify)
+    if found is None:
+        return False
+    node, spec, chain = found
     _set(traced, node, spec.fold_input(scale))
     _contract(traced, key, node)
     _scaled_values(traced, chain, float(scale.abs().max()))
@@ -132,27 +151,20 @@ def _scaled_values(traced, chain: list, factor: float) -> None:
 
 
 def _fold_layernorm(traced, key: str, spec: NodeSpec) -> bool:
-    G = traced.G
-    node = key
-    chain = [key]
-    while True:
-        node = _only_successor(G, node)
-        if node is None or node == "output" or G.in_degree(node) != 1:
-            return False
-        target = traced.specs.get(node)
-        if target is None:
-            return False
+    def classify(node, target, params):
         if target.op == "linear" and target.fold_input is not None and \
                 target.matrix is not None and \
                 target.matrix.shape[1] == spec.feature_scale.numel():
-            break
-        params = G.nodes[node].get("params", {})
+            return "target"
         elementwise = target.kind == "map" and not target.mixes and target.channelwise
         kept = target.kind == "movement" and params.get("last_dim_kept") and \
             params.get("copies") == 1
-        if not (elementwise or kept):
-            return False
-        chain.append(node)
+        return "through" if elementwise or kept else "stop"
+
+    found = _walk_chain(traced, key, classify)
+    if found is None:
+        return False
+    node, target, chain = found
     _set(traced, node, target.fold_input(spec.feature_scale))
     _set(traced, key, spec.without_scale())
     _scaled_values(traced, chain, float(spec.feature_scale.abs().max()))

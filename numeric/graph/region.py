@@ -101,25 +101,25 @@ class _RegionRunner(_Runner):
         self.delta: dict = {}
         self.variations: dict = {}
 
+    def _per_node(self, table: dict, key: str | None) -> torch.Tensor:
+        """``table``'s entry for the value of graph node ``key`` (following contracted
+        nodes, times the value's factor from folding), (B,); inf if there is none."""
+        factor = self.traced.value_factor.get(key, 1.0)
+        while key not in table and key in self.traced.contracted:
+            key = self.traced.contracted[key]
+        if key not in table:
+            return torch.full((self.batch,), math.inf, dtype=torch.float64)
+        return table[key] * factor
+
     def delta_of(self, key: str | None) -> torch.Tensor:
         """Bound on the variation of the Jacobian of the value of node ``key``, (B,)."""
-        factor = self.traced.value_factor.get(key, 1.0)
-        while key not in self.delta and key in self.traced.contracted:
-            key = self.traced.contracted[key]
-        if key not in self.delta:
-            return torch.full((self.batch,), math.inf, dtype=torch.float64)
-        return self.delta[key] * factor
+        return self._per_node(self.delta, key)
 
     # ------------------------------------------------------------------ deviations
 
     def value_bound(self, key: str | None) -> torch.Tensor:
         """Bound on the Jacobian norm of the value whose graph node is ``key``, (B,)."""
-        factor = self.traced.value_factor.get(key, 1.0)
-        while key not in self.L and key in self.traced.contracted:
-            key = self.traced.contracted[key]
-        if key not in self.L:
-            return torch.full((self.batch,), math.inf, dtype=torch.float64)
-        return self.L[key] * factor
+        return self._per_node(self.L, key)
 
     def deviation(self, value) -> torch.Tensor:
         """Entrywise bound on how far ``value`` moves over the ball."""

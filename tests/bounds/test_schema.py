@@ -153,30 +153,19 @@ def test_the_example_message_of_the_contract():
         validate(G)
 
 
-def test_input_with_predecessor():
+@pytest.mark.parametrize("node, edge, message", [
+    (("c", "constant"), ("c", "x"),
+     r"node 'x' \(op 'input'\) expected no predecessors, got 1"),
+    (("after", "relu"), ("y", "after"),
+     r"node 'y' \(op 'output'\) expected no successors, got 1"),
+    (("aux", "tanh"), ("relu0", "aux"),
+     "node 'aux' is unreachable: no path leads from it to the output node 'y'"),
+], ids=["input with a predecessor", "output with a successor", "unreachable node"])
+def test_misplaced_edges(node, edge, message):
     G = chain("relu")
-    G.add_node("c", op="constant")
-    G.add_edge("c", "x")
-    with pytest.raises(GraphValidationError, match=r"node 'x' \(op 'input'\) expected no "
-                       "predecessors, got 1"):
-        validate(G)
-
-
-def test_output_with_successor():
-    G = chain("relu")
-    G.add_node("after", op="relu")
-    G.add_edge("y", "after")
-    with pytest.raises(GraphValidationError, match="node 'y' \\(op 'output'\\) expected no "
-                       "successors, got 1"):
-        validate(G)
-
-
-def test_unreachable_node():
-    G = chain("relu")
-    G.add_node("aux", op="tanh")
-    G.add_edge("relu0", "aux")
-    with pytest.raises(GraphValidationError, match="node 'aux' is unreachable: no path leads "
-                       "from it to the output node 'y'"):
+    G.add_node(node[0], op=node[1])
+    G.add_edge(*edge)
+    with pytest.raises(GraphValidationError, match=message):
         validate(G)
 
 

@@ -38,13 +38,7 @@ from tests.reference import exact_top_eigenvalue
 REFERENCE_SLACK = 1e-9
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Thousands of tiny problems: one thread avoids OpenMP start-up and contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _check(model, x, exact):

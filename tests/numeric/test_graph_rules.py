@@ -21,12 +21,7 @@ THEORY = {"relu": ("relu", {}), "leaky_relu": ("leaky_relu", {"negative_slope": 
           "silu": ("silu", {}), "hardswish": ("hardswish", {}), "mish": ("mish", {})}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Head(nn.Module):

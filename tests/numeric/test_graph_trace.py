@@ -19,12 +19,7 @@ from tests.numeric.graph_models import exact_top_eigenvalue_vjp
 from tests.reference import exact_top_eigenvalue
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _ops(G) -> dict:

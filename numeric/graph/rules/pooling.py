@@ -92,11 +92,7 @@ def _maxpool_local(ctx: RuleContext) -> torch.Tensor:
         geometry = {k: ((1, *v) if isinstance(v, tuple) else v) for k, v in geometry.items()}
         geometry["padding"] = (0, geometry["padding"][1])
     n, channels = x.shape[:2]
-    k, s, p, d = (geometry[name] for name in ("kernel_size", "stride", "padding", "dilation"))
-    needed = [(o - 1) * si + di * (ki - 1) + 1 for o, si, di, ki in zip(out, s, d, k)]
-    pad = []
-    for size, pi, need in reversed(list(zip(x.shape[-2:], p, needed))):
-        pad += [pi, need - size - pi]
+    k, s, d, pad = _window_padding(geometry, tuple(x.shape[-2:]), out)
     padded = F.pad(x, pad, value=-math.inf)
     flat = padded.reshape(n * channels, 1, *padded.shape[-2:])
     windows = F.unfold(flat, k, dilation=d, stride=s)
@@ -118,6 +114,19 @@ def _maxpool_local(ctx: RuleContext) -> torch.Tensor:
     return per.clamp_max(ctx.spec.lipschitz) * CERTIFICATION_FACTOR
 
 
+def _window_padding(geometry: dict, size: tuple, out: tuple):
+    """``(kernel, stride, dilation, pad)``: the ``F.pad`` amounts (last dimension first)
+    that make every pooling window of an output of shape ``out`` lie inside the input of
+    shape ``size``: the pooling's own padding before, and after it whatever the last
+    window reaches (ceil mode) or nothing left over."""
+    k, s, p, d = (geometry[name] for name in ("kernel_size", "stride", "padding", "dilation"))
+    needed = [(o - 1) * si + di * (ki - 1) + 1 for o, si, di, ki in zip(out, s, d, k)]
+    pad = []
+    for extent, pi, need in reversed(list(zip(size, p, needed))):
+        pad += [pi, need - extent - pi]
+    return k, s, d, pad
+
+
 def _maxpool_region(ctx: RuleContext) -> torch.Tensor:
     """Over the ball an entry can be its window's maximum only if its upper end reaches
     the largest lower end in the window; the norm is the square root of the largest number
@@ -131,11 +140,7 @@ def _maxpool_region(ctx: RuleContext) -> torch.Tensor:
     geometry = _pool_geometry(ctx, dims)
     out = tuple(_first(ctx.output).shape[-dims:])
     n, channels = x.shape[:2]
-    k, s, p, d = (geometry[name] for name in ("kernel_size", "stride", "padding", "dilation"))
-    needed = [(o - 1) * si + di * (ki - 1) + 1 for o, si, di, ki in zip(out, s, d, k)]
-    pad = []
-    for size, pi, need in reversed(list(zip(x.shape[-2:], p, needed))):
-        pad += [pi, need - size - pi]
+    k, s, d, pad = _window_padding(geometry, tuple(x.shape[-2:]), out)
     lower = F.pad(x - deviation, pad, value=-math.inf)
     upper = F.pad(x + deviation, pad, value=-math.inf)
     shape = (n * channels, 1, *lower.shape[-2:])
