@@ -14,12 +14,12 @@ Layout: :mod:`~numeric.graph.export` (torch.export), :mod:`~numeric.graph.regist
 registry), :mod:`~numeric.graph.rules` (built-in rules by operator family),
 :mod:`~numeric.graph.rows` (rows of the batch), :mod:`~numeric.graph.trace` (graph
 building), :mod:`~numeric.graph.passes` (exact tightenings), :mod:`~numeric.graph.bound`
-(bounds), :mod:`~numeric.graph.selfcheck` (the last line of defence),
+(bounds; one-call forms in :mod:`~numeric.graph.calls`), :mod:`~numeric.graph.selfcheck` (the last line of defence),
 :mod:`~numeric.graph.norms` (operator norms).
 """
 
-from numeric.graph.bound import (RegionBound, TracedModel, fisher_bound, lipschitz_bound,
-                                 module_graph, region_bound, trace_model)
+from numeric.graph.bound import RegionBound, TracedModel, trace_model
+from numeric.graph.calls import fisher_bound, lipschitz_bound, module_graph, region_bound
 from numeric.graph.norms import (
     CERTIFICATION_FACTOR,
     ConvLayer,
