@@ -13,15 +13,10 @@ from torch import nn
 from numeric.attacks import (FALLBACK_ATTACKS, AttackResult, minimum_norm_attack, pgd_attack,
                              robust_accuracy)
 from numeric.errors import InputError
+from tests.numeric.attack_oracles import brute_force_minimum
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread is fastest and immune to oversubscribed CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread is fastest
 
 
 def _affine(weight: torch.Tensor, bias: torch.Tensor) -> nn.Linear:
@@ -129,36 +124,6 @@ def test_minimum_norm_respects_the_box_and_matches_a_qp():
     assert relative.abs().max() < 1e-3
 
 
-def _first_crossing(model, x, label, angles, radius, radii=160):
-    """Per direction, the radius where the prediction first leaves ``label`` (inf if never
-    within ``radius``): grid scan, then bisection. Tensor of shape (len(angles),)."""
-    directions = torch.stack([angles.cos(), angles.sin()], dim=1)
-    grid = torch.linspace(0.0, radius, radii, dtype=torch.float64)
-    points = x + grid[None, :, None] * directions[:, None, :]
-    with torch.no_grad():
-        off = model(points.reshape(-1, 2)).argmax(1).reshape(len(angles), radii) != label
-    index = off.double().argmax(dim=1)
-    high, low = grid[index], grid[(index - 1).clamp(min=0)]
-    for _ in range(45):
-        middle = (low + high) / 2
-        with torch.no_grad():
-            hit = model(x + middle[:, None] * directions).argmax(1) != label
-        high, low = torch.where(hit, middle, high), torch.where(hit, low, middle)
-    return torch.where(off.any(dim=1), high, math.inf)
-
-
-def _brute_force_minimum(model, x, label, radius):
-    """True minimal L2 perturbation of a 2-D input: every ray, then the best rays finely."""
-    coarse = torch.linspace(0, 2 * math.pi, 721, dtype=torch.float64)[:-1]
-    values = _first_crossing(model, x, label, coarse, radius)
-    step = 2 * math.pi / 720
-    best = values.min()
-    for k in values.argsort()[:4]:
-        fine = coarse[k] + torch.linspace(-step, step, 201, dtype=torch.float64)
-        best = torch.minimum(best, _first_crossing(model, x, label, fine, radius).min())
-    return float(best)
-
-
 @pytest.mark.parametrize("seed", [0, 2])
 def test_minimum_norm_matches_brute_force_on_a_relu_net(seed):
     torch.manual_seed(seed)
@@ -170,7 +135,8 @@ def test_minimum_norm_matches_brute_force_on_a_relu_net(seed):
     result = minimum_norm_attack(model, x, y, bounds=None, restarts=8, attacks=FALLBACK_ATTACKS)
     assert result.success.all()
     for i in range(6):
-        truth = _brute_force_minimum(model, x[i], y[i], 1.02 * float(result.norms[i]))
+        grid = torch.linspace(0.0, 1.02 * float(result.norms[i]), 160, dtype=torch.float64)
+        truth = brute_force_minimum(model, x[i], y[i], lambda directions: grid)
         assert float(result.norms[i]) >= truth * (1 - 1e-4)  # brute force's own resolution
         assert float(result.norms[i]) <= truth * (1 + 1e-2)
 

@@ -13,16 +13,12 @@ from numeric.attacks import (ATTACKS, DEFAULT_ATTACKS, FALLBACK_ATTACKS, availab
                              minimum_norm_attack, register_attack)
 from numeric.attacks.verify import float64_model, verify_float64
 from numeric.errors import InputError
+from tests.numeric.attack_oracles import brute_force_minimum
 
 LIBRARY = ("alma", "ddn", "fmn", "fab")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _linear_problem(dim: int, classes: int, samples: int, seed: int):
@@ -72,38 +68,12 @@ def _box_exit(x: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
     return torch.minimum(upper, lower).amin(dim=1)
 
 
-def _first_crossing(model, x, label, angles, grid_points=200):
-    """Per direction, the radius inside [0, 1]^2 where the prediction first leaves
-    ``label`` (inf if it never does): grid scan, then 45 bisection steps."""
-    directions = torch.stack([angles.cos(), angles.sin()], dim=1)
-    exit_ = _box_exit(x, directions)
-    grid = torch.linspace(0.0, 1.0, grid_points, dtype=torch.float64)[None, :] * exit_[:, None]
-    points = x + grid[:, :, None] * directions[:, None, :]
-    with torch.no_grad():
-        off = model(points.reshape(-1, 2)).argmax(1).reshape(len(angles), -1) != label
-    index = off.double().argmax(dim=1)
-    rows = torch.arange(len(angles))
-    high, low = grid[rows, index], grid[rows, (index - 1).clamp(min=0)]
-    for _ in range(45):
-        middle = (low + high) / 2
-        with torch.no_grad():
-            hit = model(x + middle[:, None] * directions).argmax(1) != label
-        high, low = torch.where(hit, middle, high), torch.where(hit, low, middle)
-    return torch.where(off.any(dim=1), high, math.inf)
-
-
-def _brute_force_minimum(model, x, label) -> float:
-    """The minimal L2 perturbation of a 2-D input inside [0, 1]^2: every ray from x (the
-    box is convex, so the best point is the first crossing on its own ray), then the best
-    rays finely."""
-    coarse = torch.linspace(0, 2 * math.pi, 721, dtype=torch.float64)[:-1]
-    values = _first_crossing(model, x, label, coarse)
-    step = 2 * math.pi / 720
-    best = values.min()
-    for k in values.argsort()[:4]:
-        fine = coarse[k] + torch.linspace(-step, step, 201, dtype=torch.float64)
-        best = torch.minimum(best, _first_crossing(model, x, label, fine).min())
-    return float(best)
+def _inside_box(x: torch.Tensor):
+    """The radii :func:`~tests.numeric.attack_oracles.brute_force_minimum` scans from x:
+    200 along each direction, up to the boundary of [0, 1]^2 (the box is convex, so the
+    best point is the first crossing on its own ray)."""
+    return lambda directions: (torch.linspace(0.0, 1.0, 200, dtype=torch.float64)[None, :]
+                               * _box_exit(x, directions)[:, None])
 
 
 # ------------------------------------------------------------ members vs exact minima
@@ -151,8 +121,8 @@ def test_members_and_ensemble_on_tiny_relu_nets(seed):
     x = 0.2 + 0.6 * torch.rand(4, 2, generator=generator, dtype=torch.float64)
     with torch.no_grad():
         y = model(x).argmax(dim=1)
-    truth = torch.tensor([_brute_force_minimum(model, x[i], y[i]) for i in range(len(x))],
-                         dtype=torch.float64)
+    truth = torch.tensor([brute_force_minimum(model, x[i], y[i], _inside_box(x[i]))
+                          for i in range(len(x))], dtype=torch.float64)
     assert torch.isfinite(truth).all()
     ensemble = minimum_norm_attack(model, x, y, attacks=LIBRARY + ("toolkit", "refine"),
                                    steps=30)
