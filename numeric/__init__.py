@@ -14,8 +14,7 @@ Examples
 
 from __future__ import annotations
 
-import importlib
-
+from numeric._lazy import lazy_names
 from numeric.errors import (
     ConvergenceError,
     InputError,
@@ -68,15 +67,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):
-    try:
-        module_name = _LAZY[name]
-    except KeyError:
-        raise AttributeError(f"module 'numeric' has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(module_name), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, globals())

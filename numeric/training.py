@@ -29,7 +29,6 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -39,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from numeric._atomic import write_atomically
 from numeric.errors import InputError
 
 __all__ = ["TrainingConfig", "train", "trained_model", "trained_models", "training_config",
@@ -234,18 +234,7 @@ def cache_directory(cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 def _save_atomically(state: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                                         suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(state, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda file: torch.save(state, file), binary=True, suffix=".tmp")
 
 
 def _load_cached(path: Path, config: TrainingConfig, model: nn.Module) -> bool:

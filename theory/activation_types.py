@@ -123,6 +123,17 @@ _LINEAR_PIECES = "piecewise linear: phi'' = 0 on every piece."
 _CERTIFIED_TEXT = ("a certified upper bound within 3e-10 of the supremum (interval "
                    "arithmetic on [-8, 8], analytic tails: theory.certification)")
 
+
+def _certified(name: str, derivation: str, curvature_derivation: str) -> Activation:
+    """The parameterless smooth ``name`` of ``_SMOOTH`` with its two certified constants
+    (``_CERTIFIED[name, 1]`` and ``[name, 2]``); each derivation text is completed with
+    ``_CERTIFIED_TEXT`` and a full stop."""
+    return Activation(name, _SMOOTH[name], lambda: _CERTIFIED[name, 1],
+                      f"{derivation}{_CERTIFIED_TEXT}.",
+                      curvature=lambda: _CERTIFIED[name, 2],
+                      curvature_derivation=f"{curvature_derivation}{_CERTIFIED_TEXT}.")
+
+
 ENTRIES = [
     Activation(
         "relu", lambda x: Piecewise((0, x < 0), (x, True)), lambda: _ONE,
@@ -217,31 +228,23 @@ ENTRIES = [
                              "extrema are gelu''(0) = 2 phi(0) = sqrt(2/pi) and gelu''(+-2) = "
                              "-2 phi(2): sup = sqrt(2/pi).",
         defaults={"approximate": "none"}, check=_check_gelu),
-    Activation(
-        "gelu_tanh", _gelu_tanh, lambda: _CERTIFIED["gelu_tanh", 1],
+    _certified(
+        "gelu_tanh",
         "g = d/dt [t/2 (1 + tanh(c(t + 0.044715 t^3)))], c = sqrt(2/pi), peaks at "
-        f"t = 1.41850400879... with g = 1.12899306865877...; L = 11289930689/10^10 is "
-        f"{_CERTIFIED_TEXT}.",
-        curvature=lambda: _CERTIFIED["gelu_tanh", 2],
-        curvature_derivation=f"sup |g''| = 0.79788456080... at t = 0; 7978845611/10^10 is "
-                             f"{_CERTIFIED_TEXT}."),
-    Activation(
-        "silu", _SMOOTH["silu"], lambda: _CERTIFIED["silu", 1],
+        "t = 1.41850400879... with g = 1.12899306865877...; L = 11289930689/10^10 is ",
+        "sup |g''| = 0.79788456080... at t = 0; 7978845611/10^10 is "),
+    _certified(
+        "silu",
         "silu' = s(t)(1 + t(1 - s(t))), s = sigmoid; silu'' = s(1 - s)(2 + t(1 - 2s)) "
         "vanishes at t = +-2.39935728051..., where silu' = 1.09983932012887 and "
-        f"-0.09983932012887; silu' -> 1, 0 at +-oo. L = 10998393204/10^10, {_CERTIFIED_TEXT}.",
-        curvature=lambda: _CERTIFIED["silu", 2],
-        curvature_derivation=f"sup |silu''| = 1/2 at t = 0; 5000000002/10^10 is "
-                             f"{_CERTIFIED_TEXT}."),
-    Activation(
-        "mish", _SMOOTH["mish"], lambda: _CERTIFIED["mish", 1],
+        "-0.09983932012887; silu' -> 1, 0 at +-oo. L = 10998393204/10^10, ",
+        "sup |silu''| = 1/2 at t = 0; 5000000002/10^10 is "),
+    _certified(
+        "mish",
         "mish' = tanh(sp(t)) + t sech^2(sp(t)) sigmoid(t), sp = softplus, peaks at "
         "t = 1.49057117948... with mish' = 1.08849816125173...; its minimum is about "
-        f"-0.1125 and mish' -> 1, 0 at +-oo. L = 10884981615/10^10, {_CERTIFIED_TEXT}.",
-        curvature=lambda: _CERTIFIED["mish", 2],
-        curvature_derivation=f"sup |mish''| = 0.64420463723... at t = -0.08793443131...; "
-                             f"6442046375/10^10 is "
-                             f"{_CERTIFIED_TEXT}."),
+        "-0.1125 and mish' -> 1, 0 at +-oo. L = 10884981615/10^10, ",
+        "sup |mish''| = 0.64420463723... at t = -0.08793443131...; 6442046375/10^10 is "),
     Activation(
         "hardswish",
         lambda x: Piecewise((0, x <= -3), (x, x >= 3), (x * (x + 3) / 6, True)),

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+from collections.abc import Callable
 
 import networkx as nx
 import sympy
@@ -30,7 +31,7 @@ import sympy
 from bounds.errors import FamilyError
 from bounds.validation import flag, integer
 
-__all__ = ["DOCS", "Builder", "constant", "symbol_name", "stem", "classifier",
+__all__ = ["DOCS", "Builder", "constant", "constants", "symbol_name", "stem", "classifier",
            "depth_symbol", "depth_value", "depth_values", "product", "closed_form_function",
            "MAXPOOL_STEM", "POOL_2X2", "LAYER", "BLOCK"]
 
@@ -69,6 +70,22 @@ def constant(role: str, *index, shared: bool, symbol: str) -> sympy.Expr:
     if not index:
         return sympy.Symbol(name, positive=True)
     return sympy.IndexedBase(name, positive=True)[index]
+
+
+def constants(function: str, shared, symbol) -> Callable[..., sympy.Expr]:
+    """``c(role, *index)``: :func:`constant` with a family's ``shared`` and ``symbol``.
+
+    ``shared`` must be a bool and ``symbol`` pass :func:`symbol_name` (checked in that
+    order, :class:`FamilyError` naming ``function``).
+
+    Examples
+    --------
+    >>> c = constants("resnet", False, "h")
+    >>> c("layer", 2, 1), c("stem"), constants("resnet", True, "h")("projection", 3)
+    (h[2, 1], s, h)
+    """
+    shared, symbol = flag(function, "shared", shared), symbol_name(function, symbol)
+    return functools.partial(constant, shared=shared, symbol=symbol)
 
 
 def symbol_name(function: str, symbol) -> str:

@@ -94,10 +94,7 @@ def densenet(depth=2, *, bottleneck: bool = False, transition: bool = True,
     bottleneck = flag(f, "bottleneck", bottleneck)
     transition = flag(f, "transition", transition)
     stem, head = flag(f, "stem", stem), flag(f, "head", head)
-    shared, symbol = flag(f, "shared", shared), common.symbol_name(f, symbol)
-
-    def c(role, *index):
-        return common.constant(role, *index, shared=shared, symbol=symbol)
+    c = common.constants(f, shared, symbol)
 
     add = common.Builder(f"densenet{'-'.join(map(str, blocks))}")
     u = add("x", "input")
@@ -160,9 +157,7 @@ def closed_form(depth=2, *, bottleneck=False, transition=True, stem=False, head=
     f = "closed_form('densenet')"
     blocks = common.depth_values(f, depth)
     bottleneck = flag(f, "bottleneck", bottleneck)
-
-    def c(role, *index):
-        return common.constant(role, *index, shared=shared, symbol=symbol)
+    c = common.constants(f, shared, symbol)
 
     def layer(l):
         if bottleneck:

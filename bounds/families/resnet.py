@@ -92,10 +92,7 @@ def resnet(depth=2, *, block: str = "basic", projection: str = "none", stem: boo
     block = choice(f, "block", block, tuple(_BLOCK_WIDTH))
     projection = choice(f, "projection", projection, _PROJECTIONS)
     stem, head = flag(f, "stem", stem), flag(f, "head", head)
-    shared, symbol = flag(f, "shared", shared), common.symbol_name(f, symbol)
-
-    def c(role, *index):
-        return common.constant(role, *index, shared=shared, symbol=symbol)
+    c = common.constants(f, shared, symbol)
 
     add = common.Builder(f"resnet{'-'.join(map(str, stages))}-{block}")
     u = add("x", "input")
@@ -146,9 +143,7 @@ def closed_form(depth=2, *, block="basic", projection="none", stem=False, head=F
     block = choice(f, "block", block, tuple(_BLOCK_WIDTH))
     projection = choice(f, "projection", projection, _PROJECTIONS)
     width = _BLOCK_WIDTH[block]
-
-    def c(role, *index):
-        return common.constant(role, *index, shared=shared, symbol=symbol)
+    c = common.constants(f, shared, symbol)
 
     def branch(b):
         return sympy.Mul(*(c("layer", b, k) for k in range(1, width + 1)))

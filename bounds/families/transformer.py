@@ -115,10 +115,7 @@ def transformer(depth: int = 1, *, heads: int = 1, mlp: bool = True,
     activation = choice(f, "activation", activation, _activations())
     mlp, embedding = flag(f, "mlp", mlp), flag(f, "embedding", embedding)
     final_norm, head = flag(f, "final_norm", final_norm), flag(f, "head", head)
-    shared, symbol = flag(f, "shared", shared), common.symbol_name(f, symbol)
-
-    def c(role, *index):
-        return common.constant(role, *index, shared=shared, symbol=symbol)
+    c = common.constants(f, shared, symbol)
 
     add = common.Builder(f"transformer{depth}")
     u = add("x", "input")
@@ -176,9 +173,7 @@ def closed_form(depth=1, *, heads=1, mlp=True, activation="gelu", embedding=True
     heads = integer(f, "heads", heads)
     gamma = theory.activation_lipschitz(choice(f, "activation", activation, _activations()))
     mlp = flag(f, "mlp", mlp)
-
-    def c(role, *index):
-        return common.constant(role, *index, shared=shared, symbol=symbol)
+    c = common.constants(f, shared, symbol)
 
     def block(l):
         alpha = sympy.sqrt(sum(c("attention", l, k) ** 2 for k in range(1, heads + 1)))

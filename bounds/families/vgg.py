@@ -24,7 +24,7 @@ import theory
 from bounds.errors import FamilyError
 from bounds.families import _common as common
 from bounds.families.registry import Family
-from bounds.validation import flag, integer, integers
+from bounds.validation import integer, integers
 from theory.docstrings import fill_doc
 
 __all__ = ["vgg", "closed_form", "PRESETS", "PATTERNS", "FAMILY"]
@@ -151,13 +151,13 @@ def vgg(depth: int, *, classifier_layers: int = 1, pool_after=None, adaptive_poo
     if classifier_layers > depth:
         raise FamilyError(f"{f}: expected classifier_layers <= depth = {depth}, got "
                           f"{classifier_layers}.")
-    shared, symbol = flag(f, "shared", shared), common.symbol_name(f, symbol)
+    constant = common.constants(f, shared, symbol)
     convs = depth - classifier_layers
     pools = _pool_positions(f, pool_after, convs)
     adaptive = _adaptive(f, adaptive_pool, input_size, len(pools))
 
     def layer(index):
-        return common.constant("layer", index, shared=shared, symbol=symbol)
+        return constant("layer", index)
 
     add = common.Builder(f"vgg{depth}")
     u = add("x", "input")

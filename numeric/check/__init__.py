@@ -27,8 +27,7 @@ is reported by sample and makes ``fimbound check`` exit with status 3.
 
 from __future__ import annotations
 
-import importlib
-
+from numeric._lazy import lazy_names
 from numeric.check.results import (CheckResult, CheckSettings, ModelInfo, ModelResult,
                                    RunInfo, json_ready)
 
@@ -49,15 +48,4 @@ __all__ = ["CheckResult", "CheckSettings", "ModelInfo", "ModelResult", "RunInfo"
            "json_ready", *sorted(_LAZY)]
 
 
-def __getattr__(name: str):
-    try:
-        module = _LAZY[name]
-    except KeyError:
-        raise AttributeError(f"module 'numeric.check' has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, globals())

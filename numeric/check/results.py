@@ -27,10 +27,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any
+
+from numeric._atomic import write_atomically
 
 __all__ = ["CheckSettings", "ModelInfo", "ModelResult", "RunInfo", "CheckResult",
            "SAMPLE_FIELDS", "json_ready", "from_json_ready", "write_json_atomic"]
@@ -282,18 +282,5 @@ def from_json_ready(obj):
 def write_json_atomic(document: dict, path: str | os.PathLike) -> None:
     """Write ``json_ready(document)`` to ``path`` via a temporary file and ``os.replace``,
     so that a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes it private; a report is for reading
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(json_ready(document), handle, indent=1)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda handle: json.dump(json_ready(document), handle, indent=1),
+                     readable=True)  # a report is for reading
