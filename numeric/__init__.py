@@ -14,7 +14,7 @@ Examples
 
 from __future__ import annotations
 
-from numeric._lazy import lazy_names
+from theory._lazy import lazy_names
 from numeric.errors import (
     ConvergenceError,
     InputError,

@@ -24,50 +24,32 @@ sqrt(3)*a*b
 3*a**2*b**2/2
 """
 
-from theory.activations import (
-    ACTIVATIONS,
-    Activation,
-    activation_lipschitz,
-    second_derivative_bound,
-)
-from theory.certification import certify_activation_constant, prove_derivative_bound
-from theory.errors import (
-    CertificationError,
-    ParameterError,
-    ProbabilityError,
-    TheoryError,
-    UnknownOperationError,
-)
-from theory.fisher import (
-    FisherIdentities,
-    KLExpansion,
-    fisher_identities,
-    fisher_information,
-    kl_second_order,
-)
-from theory.lipschitz import compose_rule, concat_rule, sum_rule
-from theory.pooling import (
-    adaptive_avgpool_lipschitz,
-    avgpool_lipschitz,
-    global_avgpool_lipschitz,
-    max_window_overlap,
-    maxpool_lipschitz,
-)
-from theory.attention import (
-    attention_head_lipschitz,
-    attention_head_local_lipschitz,
-    multihead_attention_lipschitz,
-    pre_ln_attention_lipschitz,
-)
-from theory.layernorm import layernorm_lipschitz, layernorm_local_lipschitz, layernorm_output_radius
-from theory.softmax import (
-    SUM_TOLERANCE,
-    centred_fisher_bound,
-    centred_jacobian,
-    centring_matrix,
-    softmax_covariance,
-    softmax_curvature_bound,
-)
+from theory._lazy import lazy_names
+
+#: Public name -> the submodule that defines it (imported on first use, with SymPy).
+_LAZY = {name: module for module, names in {
+    "theory.activations": (
+        "ACTIVATIONS", "Activation", "activation_lipschitz", "second_derivative_bound"),
+    "theory.certification": ("certify_activation_constant", "prove_derivative_bound"),
+    "theory.errors": (
+        "CertificationError", "ParameterError", "ProbabilityError", "TheoryError",
+        "UnknownOperationError"),
+    "theory.fisher": (
+        "FisherIdentities", "KLExpansion", "fisher_identities", "fisher_information",
+        "kl_second_order"),
+    "theory.lipschitz": ("compose_rule", "concat_rule", "sum_rule"),
+    "theory.pooling": (
+        "adaptive_avgpool_lipschitz", "avgpool_lipschitz", "global_avgpool_lipschitz",
+        "max_window_overlap", "maxpool_lipschitz"),
+    "theory.attention": (
+        "attention_head_lipschitz", "attention_head_local_lipschitz",
+        "multihead_attention_lipschitz", "pre_ln_attention_lipschitz"),
+    "theory.layernorm": (
+        "layernorm_lipschitz", "layernorm_local_lipschitz", "layernorm_output_radius"),
+    "theory.softmax": (
+        "SUM_TOLERANCE", "centred_fisher_bound", "centred_jacobian", "centring_matrix",
+        "softmax_covariance", "softmax_curvature_bound"),
+}.items() for name in names}
 
 __all__ = [
     # errors
@@ -90,3 +72,6 @@ __all__ = [
     "attention_head_lipschitz", "attention_head_local_lipschitz",
     "multihead_attention_lipschitz", "pre_ln_attention_lipschitz",
 ]
+
+# the submodules (and SymPy) load on first use: `theory.docstrings` alone stays cheap
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, globals())

@@ -27,7 +27,7 @@ is reported by sample and makes ``fimbound check`` exit with status 3.
 
 from __future__ import annotations
 
-from numeric._lazy import lazy_names
+from theory._lazy import lazy_names
 from numeric.check.results import (CheckResult, CheckSettings, ModelInfo, ModelResult,
                                    RunInfo, json_ready)
 

@@ -14,6 +14,8 @@ from torch import nn
 
 from numeric.fisher._validation import model_context
 from numeric.fisher.operator import Linearization, prepare, softmax_complement_basis
+from numeric.fisher._docs import DEVICE, MODEL_X
+from theory.docstrings import fill_doc
 
 __all__ = ["fisher_eigenvalues", "exact_spectrum", "exact_trace", "whitened_jacobian",
            "replicas", "MAX_JACOBIAN_ENTRIES", "TARGET_ROWS", "MAX_REPLICATED_ENTRIES"]
@@ -140,6 +142,7 @@ def exact_trace(model: nn.Module, x: torch.Tensor, dtype: torch.dtype, caller: s
                       for lin in _row_chunks(model, x, dtype, caller, device)])
 
 
+@fill_doc(model_x=MODEL_X, device=DEVICE)
 def fisher_eigenvalues(model: nn.Module, x: torch.Tensor, *,
                        dtype: torch.dtype | None = None,
                        device: str | torch.device | None = None) -> torch.Tensor:
@@ -153,16 +156,10 @@ def fisher_eigenvalues(model: nn.Module, x: torch.Tensor, *,
 
     Parameters
     ----------
-    model : nn.Module
-        Returns logits of shape (B, K); evaluated in eval mode (its mode is restored).
-    x : Tensor of shape (B, *S)
-        A batch of inputs; moved to the computation device.
+    %(model_x)s
     dtype : torch.dtype, optional
         Computation dtype (default: the model's; ``torch.float64`` for reference values).
-    device : str or torch.device, optional
-        Where to compute: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``
-        (:func:`numeric.device.resolve_device`); default the model's device. Parameters
-        and buffers are copied there for the call; the model is not moved.
+    %(device)s
 
     Returns
     -------

@@ -35,6 +35,8 @@ from numeric.fisher._validation import (
 from numeric.fisher.exact import MAX_JACOBIAN_ENTRIES, exact_spectrum
 from numeric.fisher.krylov import KrylovResult, block_lanczos, power_iteration
 from numeric.fisher.operator import Linearization, prepare
+from numeric.fisher._docs import DEVICE, MODEL_X
+from theory.docstrings import fill_doc
 
 __all__ = ["fisher_top_eigenvalue", "EigenDiagnostics", "GramOperator", "choose_method",
            "block_size", "AUTO_EXACT_MAX_CLASSES", "BLOCK_TARGET_ROWS", "MAX_BLOCK_SIZE"]
@@ -162,6 +164,7 @@ def choose_method(num_classes: int, num_features: int) -> str:
     return "lanczos"
 
 
+@fill_doc(model_x=MODEL_X, device=DEVICE)
 def fisher_top_eigenvalue(model: nn.Module, x: torch.Tensor, method: str = "auto", *,
                           k: int = 1, max_iter: int | None = None, tol: float | None = None,
                           generator: torch.Generator | None = None,
@@ -178,10 +181,7 @@ def fisher_top_eigenvalue(model: nn.Module, x: torch.Tensor, method: str = "auto
 
     Parameters
     ----------
-    model : nn.Module
-        Returns logits of shape (B, K); evaluated in eval mode (its mode is restored).
-    x : Tensor of shape (B, *S)
-        A batch of inputs; moved to the computation device.
+    %(model_x)s
     method : {"auto", "exact", "lanczos", "power"}
         ``"exact"``: all eigenvalues from ``K - 1`` VJPs (:func:`fisher_eigenvalues`).
         ``"lanczos"``: block Lanczos with full reorthogonalisation (top ``k``; a block of
@@ -205,10 +205,7 @@ def fisher_top_eigenvalue(model: nn.Module, x: torch.Tensor, method: str = "auto
     dtype : torch.dtype, optional
         Computation dtype of the network (default: the model's); the Krylov vectors are
         float64 whatever it is.
-    device : str or torch.device, optional
-        Where to compute: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``
-        (:func:`numeric.device.resolve_device`); default the model's device. Parameters
-        and buffers are copied there for the call; the model is not moved.
+    %(device)s
     return_diagnostics : bool
         If True, return ``(values, EigenDiagnostics)`` and report rows that did not
         converge in ``diagnostics.converged`` instead of raising.

@@ -54,6 +54,8 @@ from numeric.fisher._validation import (
     resolve_compute_device,
     resolve_dtype,
 )
+from numeric.fisher._docs import DEVICE, MODEL_X
+from theory.docstrings import fill_doc
 
 __all__ = ["Linearization", "fisher_vector_product", "apply_factor", "apply_factor_transpose",
            "softmax_complement_basis", "prepare"]
@@ -248,6 +250,7 @@ def prepare(caller: str, model, x, dtype, device=None
             resolve_compute_device(caller, model, x, device))
 
 
+@fill_doc(model_x=MODEL_X, device=DEVICE)
 def fisher_vector_product(model: nn.Module, x: torch.Tensor, v: torch.Tensor, *,
                           dtype: torch.dtype | None = None,
                           device: str | torch.device | None = None) -> torch.Tensor:
@@ -260,19 +263,13 @@ def fisher_vector_product(model: nn.Module, x: torch.Tensor, v: torch.Tensor, *,
 
     Parameters
     ----------
-    model : nn.Module
-        Returns logits of shape (B, K); evaluated in eval mode (its mode is restored).
-    x : Tensor of shape (B, *S)
-        A batch of inputs; moved to the computation device.
+    %(model_x)s
     v : Tensor of shape (B, *S)
         One direction per row.
     dtype : torch.dtype, optional
         Computation dtype (default: the model's); ``torch.float64`` casts a copy of the
         parameters for the call.
-    device : str or torch.device, optional
-        Where to compute: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``
-        (:func:`numeric.device.resolve_device`); default the model's device. Parameters
-        and buffers are copied there for the call; the model is not moved.
+    %(device)s
 
     Returns
     -------

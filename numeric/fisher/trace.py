@@ -22,6 +22,8 @@ from numeric.fisher._validation import (
 )
 from numeric.fisher.exact import exact_trace
 from numeric.fisher.operator import Linearization, apply_factor_transpose, prepare
+from numeric.fisher._docs import DEVICE, MODEL_X
+from theory.docstrings import fill_doc
 
 __all__ = ["fisher_trace", "rademacher"]
 
@@ -68,6 +70,7 @@ def _hutch_plus_plus(lin: Linearization, num_probes: int, generator) -> torch.Te
     return low_rank + residual / remaining
 
 
+@fill_doc(model_x=MODEL_X, device=DEVICE)
 def fisher_trace(model: nn.Module, x: torch.Tensor, method: str = "exact", *,
                  num_probes: int | None = None, generator: torch.Generator | None = None,
                  dtype: torch.dtype | None = None,
@@ -82,10 +85,7 @@ def fisher_trace(model: nn.Module, x: torch.Tensor, method: str = "exact", *,
 
     Parameters
     ----------
-    model : nn.Module
-        Returns logits of shape (B, K); evaluated in eval mode (its mode is restored).
-    x : Tensor of shape (B, *S)
-        A batch of inputs; moved to the computation device.
+    %(model_x)s
     method : {"exact", "hutchinson", "hutch++"}
         ``"exact"``: from ``K`` VJPs. ``"hutchinson"``: ``num_probes`` Rademacher probes,
         one JVP each. ``"hutch++"``: Meyer et al.'s variance-reduced estimator.
@@ -98,10 +98,7 @@ def fisher_trace(model: nn.Module, x: torch.Tensor, method: str = "exact", *,
         Seeds the probes (independent across rows).
     dtype : torch.dtype, optional
         Computation dtype (default: the model's).
-    device : str or torch.device, optional
-        Where to compute: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"``
-        (:func:`numeric.device.resolve_device`); default the model's device. Parameters
-        and buffers are copied there for the call; the model is not moved.
+    %(device)s
 
     Returns
     -------
