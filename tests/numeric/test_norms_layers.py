@@ -14,7 +14,7 @@ from numeric.graph.norms import (ConvLayer, conv_operator_norm_bound,
 def _exact(module: nn.Module, x: torch.Tensor) -> float:
     """Norm of the (bias-free) module's Jacobian at x, by jacrev and SVD."""
     jacobian = torch.func.jacrev(lambda z: module(z.unsqueeze(0)).reshape(-1))(x[0])
-    return float(torch.linalg.matrix_norm(jacobian.reshape(-1, x[0].numel()), ord=2))
+    return float(torch.linalg.matrix_norm(jacobian.detach().reshape(-1, x[0].numel()), ord=2))
 
 
 def _layers() -> list[ConvLayer]:
