@@ -305,7 +305,7 @@ def _global_radii(chunk: Chunk) -> list[float]:
 
 
 def _certified_radius(chunk: Chunk) -> dict:
-    from numeric.errors import NumericError
+    from numeric.errors import UnsupportedModuleError
 
     radii = _global_radii(chunk)
     rows = len(radii)
@@ -319,8 +319,9 @@ def _certified_radius(chunk: Chunk) -> dict:
             region = chunk.traced.certified_radius(x, chunk.pred, steps=steps).tolist()
             region_bound = chunk.traced.region_bound(
                 x, torch.tensor(eps, dtype=torch.float64)).fisher.tolist()
-        except NumericError:
+        except UnsupportedModuleError:
             # a construct with a global rule but no region form: the global radius stands
+            # (a failed self-check, UnsoundBoundError, is never swallowed)
             pass
     best = [g if r is None else max(g, r) for g, r in zip(radii, region)]
     return {"certified_radius": best, "certified_radius_global": radii,
