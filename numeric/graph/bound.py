@@ -364,8 +364,11 @@ class TracedModel:
         :math:`t_1 < \dots < t_n` bounds the integral, so the largest :math:`t_k` with
         :math:`m_j(x) > \sum_{i \le k}(t_i - t_{i-1})\,G_j(t_i)` for every :math:`j \ne y`
         is certified: near :math:`x` the exact gradient counts, not the worst case over the
-        whole ball. The grid is geometric, from :math:`2^{-12}` to twice the first-order
-        radius :math:`\min_j m_j / G_j(0)`, ``steps`` points per factor 256.
+        whole ball. The result is never below the global certificate
+        :math:`\min_j m_j / (\sqrt2 L)` (:math:`L` of the centred logits: every gradient of
+        a margin is at most :math:`\sqrt 2 L` everywhere), which also holds. The grid is
+        geometric, from :math:`2^{-12}` to twice the first-order radius
+        :math:`\min_j m_j / G_j(0)`, ``steps`` points per factor 256.
 
         Parameters
         ----------
@@ -418,6 +421,12 @@ class TracedModel:
             radius = torch.where(ok, t, radius)
             alive, previous = ok, t
             t = t * ratio
+        # the global certificate holds too (every margin gradient is at most sqrt(2) L,
+        # L of the centred logits, everywhere): the better of the two
+        steepest = math.sqrt(2.0) * self.lipschitz_bound("centred_output")
+        if math.isfinite(steepest) and steepest > 0:
+            floor = margins.masked_fill(~others, math.inf).amin(1) / (steepest * (1 + 1e-12))
+            radius = torch.maximum(radius, floor)
         return torch.where(correct, radius, torch.zeros_like(radius))
 
     def _fisher_overrides(self) -> dict:

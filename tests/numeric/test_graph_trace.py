@@ -369,3 +369,28 @@ def test_in_place_activations_give_the_same_local_bounds():
         x = 3 * torch.randn(3, 4, dtype=torch.float64)
         bounds_by_mode.append(_both(model, x)[1])
     assert torch.allclose(*bounds_by_mode, rtol=1e-12, atol=0)
+
+
+def test_certified_radius_of_a_linear_model_is_the_exact_distance_up_to_the_grid():
+    """Linear logits: the margin gradients are constant, so the region certificate is the
+    exact distance min_j m_j / ||w_y - w_j|| to the decision boundary, up to one grid step
+    (2 ** (8 / steps)), and never above it; the global certificate m / (sqrt 2 L) is below."""
+    generator = torch.Generator().manual_seed(3)
+    model = nn.Linear(6, 4).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.randn(4, 6, generator=generator, dtype=torch.float64))
+    x = torch.randn(16, 6, generator=generator, dtype=torch.float64)
+    traced = numeric.trace_model(model, x)
+    logits = model(x).detach()
+    y = logits.argmax(dim=1)
+    W = model.weight.detach()
+    margins = logits.gather(1, y.unsqueeze(1)) - logits
+    gaps = (W[y].unsqueeze(1) - W.unsqueeze(0)).norm(dim=2)
+    exact = (margins / gaps).masked_fill(torch.arange(4) == y.unsqueeze(1), math.inf).amin(1)
+    steps = 16
+    radius = traced.certified_radius(x, steps=steps)
+    assert bool((radius <= exact).all())
+    assert bool((radius >= exact / 2 ** (8 / steps) * (1 - 1e-6)).all()), radius / exact
+    global_radius = (logits.topk(2, dim=1).values @ torch.tensor([1.0, -1.0], dtype=torch.float64)
+                     ) / (math.sqrt(2) * traced.lipschitz_bound("centred_output"))
+    assert bool((radius >= global_radius * (1 - 1e-9)).all())   # the rounding allowance

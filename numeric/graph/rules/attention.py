@@ -272,6 +272,9 @@ def _attention_region(ctx: RuleContext) -> torch.Tensor:
     norms = _head_norms(mha)
     values = []
     for r in radius.tolist():
+        if not math.isfinite(r):   # the ball reaches unbounded tokens: no bound here
+            values.append(math.inf)
+            continue
         heads = [tt.attention_head_lipschitz(r, tokens, mha.head_dim, norms["wq"][h],
                                              norms["wk"][h], norms["wv"][h], norms["bq"][h],
                                              qk_norm=norms["qk"][h])
