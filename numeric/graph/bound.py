@@ -224,13 +224,18 @@ class TracedModel:
             raise InputError(f"lipschitz_bound: expected quantity 'output' or "
                              f"'centred_output', got {quantity!r}.")
         centred = quantity == "centred_output"
-        value = _certified(bounds.propagate(self._graph(centred), check=False))
+        value = self._lipschitz_value(centred)
         if self.self_check and math.isfinite(value):
             points = self._check_points()
             measured = exact_jacobian_norms(self._reference(), points, centred)
             verify(f"lipschitz_bound({quantity!r})", torch.tensor(value), measured,
                    self._detail())
         return value
+
+    def _lipschitz_value(self, centred: bool) -> float:
+        """The propagated global bound, without the self-check (for callers that use it
+        as one ingredient, once per call of theirs)."""
+        return _certified(bounds.propagate(self._graph(centred), check=False))
 
     def fisher_bound(self) -> float:
         r"""Certified bound on :math:`\lambda_{\max}(F(x))` for every input of the traced
@@ -423,7 +428,7 @@ class TracedModel:
             t = t * ratio
         # the global certificate holds too (every margin gradient is at most sqrt(2) L,
         # L of the centred logits, everywhere): the better of the two
-        steepest = math.sqrt(2.0) * self.lipschitz_bound("centred_output")
+        steepest = math.sqrt(2.0) * self._lipschitz_value(centred=True)
         if math.isfinite(steepest) and steepest > 0:
             floor = margins.masked_fill(~others, math.inf).amin(1) / (steepest * (1 + 1e-12))
             radius = torch.maximum(radius, floor)
