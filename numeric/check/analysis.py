@@ -42,6 +42,7 @@ SOUNDNESS_CHECKS: tuple[tuple[str, str, str], ...] = (
     ("local", "lambda_max", "local_bound"),
     ("radius", "certified_radius", "attack_radius"),
     ("global radius", "certified_radius_global", "attack_radius"),
+    ("linear radius", "certified_radius_linear", "attack_radius"),
     ("region", "lambda_max", "region_bound"),
 )
 

@@ -20,9 +20,11 @@ Per sample, in chunks (:func:`measure_chunk`), the stages of :data:`STAGES`:
 ``certified_radius``
     the global certificate ``margin / (sqrt(2) L)`` (Tsuzuku et al. 2018) and the region
     certificate (the margin against the integrated region bound,
-    :meth:`numeric.graph.TracedModel.certified_radius`), each kept, and the better of the
-    two: no perturbation below it changes the prediction, so it can never exceed the attack
-    radius; with them the region bound on ``λ_max`` over the ball of a quarter of the
+    :meth:`numeric.graph.TracedModel.certified_radius`) and, for networks of affine maps,
+    ReLU and max pooling, linear bound propagation of the margins over the ball and the
+    attack's box (CROWN, :mod:`numeric.graph.crown`), each kept, and the best of them: no
+    perturbation below it (inside the box) changes the prediction, so it can never exceed
+    the attack radius; with them the region bound on ``λ_max`` over the ball of a quarter of the
     attack radius.
 
 A new per-sample measurement is one stage function and one line in :data:`STAGES` (and its
@@ -304,6 +306,13 @@ def _global_radii(chunk: Chunk) -> list[float]:
     return radii
 
 
+def _attack_box():
+    """The box the attack stage searches (``minimum_norm_attack``'s default bounds)."""
+    import inspect
+    from numeric.attacks import minimum_norm_attack
+    return inspect.signature(minimum_norm_attack).parameters["bounds"].default
+
+
 def _certified_radius(chunk: Chunk) -> dict:
     from numeric.errors import UnsupportedModuleError
 
@@ -313,10 +322,12 @@ def _certified_radius(chunk: Chunk) -> dict:
     attack = chunk.columns.get("attack_radius", [math.inf] * rows)
     eps = [r / 4 if math.isfinite(r) else 0.0 for r in attack]
     steps = chunk.settings.region_steps
+    linear = [None] * rows
     if steps > 0:
         x = chunk.x.detach()
         try:
-            region = chunk.traced.certified_radius(x, chunk.pred, steps=steps).tolist()
+            region = chunk.traced.certified_radius(x, chunk.pred, steps=steps,
+                                                   linear_steps=0).tolist()
             region_bound = chunk.traced.region_bound(
                 x, torch.tensor(eps, dtype=torch.float64)).fisher.tolist()
         except UnsupportedModuleError:
@@ -324,9 +335,15 @@ def _certified_radius(chunk: Chunk) -> dict:
             # (a failed self-check, UnsoundBoundError, is never swallowed)
             pass
     best = [g if r is None else max(g, r) for g, r in zip(radii, region)]
+    if chunk.settings.linear_steps > 0 and chunk.traced.linear_reason(chunk.x) is None:
+        # over the ball and the attack's box, bisected below the attack radius
+        linear = chunk.traced.certified_radius(
+            chunk.x.detach(), chunk.pred, steps=1, linear_steps=chunk.settings.linear_steps,
+            box=_attack_box(), upper=torch.tensor(attack, dtype=torch.float64)).tolist()
+        best = [b if r is None else max(b, r) for b, r in zip(best, linear)]
     return {"certified_radius": best, "certified_radius_global": radii,
-            "certified_radius_region": region, "region_eps": eps,
-            "region_bound": region_bound}
+            "certified_radius_region": region, "certified_radius_linear": linear,
+            "region_eps": eps, "region_bound": region_bound}
 
 
 #: The per-sample stages, in order: ``(name, function(chunk) -> {field: per-row list})``.

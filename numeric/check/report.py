@@ -195,12 +195,16 @@ def _intro(result: CheckResult) -> list[str]:
               "radius is the smallest L2 perturbation found by the minimum-norm attack "
               f"ensemble ({', '.join(s.attacks) if s.attacks else 'its default members'}; "
               f"{s.attack_steps} steps, {_count(s.attack_restarts, 'restart')}; ∞ when "
-              "none was found); the certified radius is the better of two certificates: "
+              "none was found); the certified radius is the best of three certificates: "
               "margin/(√2·L) with L the certified Lipschitz constant of the centred logits "
-              "(the global radius), and the margin against the integrated bound on the "
+              "(the global radius), the margin against the integrated bound on the "
               "margin gradients over growing balls around the sample (the region radius, "
               f"{s.region_steps} grid points per factor 256"
-              + ("" if s.region_steps else ": switched off") + "). The region bound is "
+              + ("" if s.region_steps else ": switched off") + "), and linear bound "
+              "propagation of the margins over the ball and the attack's box (CROWN; "
+              "networks of affine maps, ReLU and max pooling only; "
+              + (f"{s.linear_steps} bisection passes" if s.linear_steps else "switched off")
+              + "). The region bound is "
               "the certified bound on λ_max over the ball of a quarter of the attack "
               "radius.", ""]
     return lines

@@ -53,13 +53,18 @@ SAMPLE_FIELDS: dict[str, str] = {
     "blackbox_queries": "model evaluations the black-box estimate used",
     "attack_radius": "smallest L2 perturbation found that changes the prediction (inf: none)",
     "attack_found_by": "the attack (ensemble member) that found it ('none': nothing found)",
-    "certified_radius": "the largest certified radius the toolkit proves (the better of "
-                        "the region certificate and the global one): no perturbation below "
-                        "it changes the prediction",
+    "certified_radius": "the largest certified radius the toolkit proves (the best of "
+                        "the region, linear and global certificates): no perturbation below "
+                        "it (inside the attack's box) changes the prediction",
     "certified_radius_global": "margin / (sqrt(2) L), L the certified Lipschitz bound of "
                                "the centred logits over every input",
     "certified_radius_region": "integrated region-bound certificate "
                                "(TracedModel.certified_radius; None: not computed)",
+    "certified_radius_linear": "the radius linear bound propagation (CROWN) of the "
+                               "margins over the ball and the attack's box certifies, "
+                               "bisected up from the region and global radii (so never "
+                               "below them; None: not computed, or a network outside its "
+                               "domain)",
     "region_eps": "radius of the ball of region_bound: a quarter of the attack radius (0 "
                   "when no adversarial was found)",
     "region_bound": "certified bound on lambda_max(F(x')) over every x' within region_eps "
@@ -78,6 +83,8 @@ class CheckSettings:
     (:func:`numeric.attacks.minimum_norm_attack`); empty: its default ensemble.
     ``region_steps``: grid points per factor 256 of radius of the region certificate
     (:meth:`numeric.graph.TracedModel.certified_radius`); 0 skips the region stage.
+    ``linear_steps``: bisection passes of the linear-bound certificate
+    (:mod:`numeric.graph.crown`); 0 skips it.
     """
 
     samples: int = 100
@@ -94,6 +101,7 @@ class CheckSettings:
     bootstrap: int = 2000
     spectrum_size: int = 10
     region_steps: int = 16
+    linear_steps: int = 6
 
     def computing(self) -> dict:
         """The settings that change per-sample numbers (everything but ``bootstrap``)."""

@@ -64,6 +64,11 @@ def add_check_options(parser: argparse.ArgumentParser, defaults=None,
                              f"certificate (about 1.6 N region passes per chunk); 0 keeps "
                              f"the global radius only, for large models "
                              f"(default: {d.region_steps})")
+    parser.add_argument("--linear-steps", type=int, default=d.linear_steps, metavar="N",
+                        help=f"bisection passes of the linear-bound (CROWN) certified "
+                             f"radius, for networks of affine maps, ReLU and max pooling "
+                             f"(each pass about 0.3-1 s per sample on the demo's CNNs); 0 "
+                             f"skips it (default: {d.linear_steps})")
     parser.add_argument("--bootstrap", type=int, default=d.bootstrap,
                         help=f"bootstrap resamples of every interval (default: {d.bootstrap})")
     parser.add_argument("--chunk-size", type=int, default=d.chunk_size,
@@ -106,6 +111,8 @@ def settings_from(args: argparse.Namespace):
         if getattr(args, flag) < 1:
             raise InputError(f"check: expected --{flag.replace('_', '-')} >= 1, "
                              f"got {getattr(args, flag)}.")
+    if args.linear_steps < 0:
+        raise InputError(f"check: expected --linear-steps >= 0, got {args.linear_steps}.")
     if args.region_steps < 0:
         raise InputError(f"check: expected --region-steps >= 0, got {args.region_steps}.")
     for flag in ("attack_restarts", "pgd_restarts"):
@@ -134,7 +141,7 @@ def settings_from(args: argparse.Namespace):
                          pgd_l2=tuple(args.pgd_l2),
                          pgd_linf=tuple(args.pgd_linf), pgd_steps=args.pgd_steps,
                          pgd_restarts=args.pgd_restarts, bootstrap=args.bootstrap,
-                         region_steps=args.region_steps)
+                         region_steps=args.region_steps, linear_steps=args.linear_steps)
 
 
 def announcer(args: argparse.Namespace, ctx):

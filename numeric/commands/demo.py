@@ -28,10 +28,11 @@ def _demo_settings():
     # refinement (within 2% of the full ensemble's median radius on these models, a third
     # of its time), 40 steps, one PGD radius per norm, the region certificate on a grid of
     # factor 2 (8 points per factor 256: half the passes of check's default)
+    # and no linear-bound radius (a minute or more per CNN: `fimbound check` runs it)
     return CheckSettings(samples=20, chunk_size=20, attack_steps=40, attack_restarts=1,
                          attacks=("toolkit", "refine"), pgd_l2=(0.5,), pgd_linf=(0.1,),
                          pgd_steps=10, pgd_restarts=1, queries=100, bootstrap=500,
-                         region_steps=8)
+                         region_steps=8, linear_steps=0)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

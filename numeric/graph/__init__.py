@@ -14,7 +14,8 @@ Layout: :mod:`~numeric.graph.export` (torch.export), :mod:`~numeric.graph.regist
 registry), :mod:`~numeric.graph.rules` (built-in rules by operator family),
 :mod:`~numeric.graph.rows` (rows of the batch), :mod:`~numeric.graph.trace` (graph
 building), :mod:`~numeric.graph.passes` (exact tightenings), :mod:`~numeric.graph.bound`
-(bounds; one-call forms in :mod:`~numeric.graph.calls`), :mod:`~numeric.graph.selfcheck` (the last line of defence),
+(bounds; one-call forms in :mod:`~numeric.graph.calls`), :mod:`~numeric.graph.crown`
+(linear bound propagation of the margins: the certified radius of ReLU networks), :mod:`~numeric.graph.selfcheck` (the last line of defence),
 :mod:`~numeric.graph.norms` (operator norms).
 """
 

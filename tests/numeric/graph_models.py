@@ -120,12 +120,12 @@ def _conv(draw, channels: int, size: int):
 
 
 @st.composite
-def _pool(draw, size: int):
+def _pool(draw, size: int, ceil_modes=(False, True)):
     kind = draw(st.sampled_from(["max", "avg"]))
     k = draw(st.integers(1, min(3, size)))
     s = draw(st.integers(1, 2))
     p = draw(st.integers(0, k // 2))
-    ceil = draw(st.booleans())
+    ceil = draw(st.sampled_from(ceil_modes))
     out = _out(size, k, s, p, ceil=ceil)
     if ceil and (out - 1) * s >= size + p:   # PyTorch drops a window starting in padding
         out -= 1
@@ -138,11 +138,12 @@ def _pool(draw, size: int):
 
 
 @st.composite
-def _block(draw, channels: int, size: int, generator: torch.Generator):
+def _block(draw, channels: int, size: int, generator: torch.Generator,
+           activations=None, ceil_modes=(False, True)):
     """One body block: returns (module, spec, channels, size)."""
     kind = draw(st.sampled_from(["conv", "conv", "residual", "concat", "pool",
                                  "activation", "batchnorm", "scale"]))
-    activation = draw(st.sampled_from(sorted(ACTIVATIONS)))
+    activation = draw(st.sampled_from(activations or sorted(ACTIVATIONS)))
     if kind == "conv":
         layer, spec, channels, size = draw(_conv(channels, size))
         parts = [layer]
@@ -164,7 +165,7 @@ def _block(draw, channels: int, size: int, generator: torch.Generator):
         return DenseConcat(inner), ("concat", out_channels, d, activation), \
             channels + out_channels, size
     if kind == "pool":
-        layer, spec, size = draw(_pool(size))
+        layer, spec, size = draw(_pool(size, ceil_modes))
         return layer, spec, channels, size
     if kind == "batchnorm":
         bn = nn.BatchNorm2d(channels)
@@ -187,8 +188,9 @@ def _scale_weights(model: nn.Module, generator: torch.Generator, overall: float)
 
 
 @st.composite
-def networks(draw, max_blocks: int = 4):
-    """Draw ``(model, x)``: a random SpecNet in float64 eval mode and a batch of 2 inputs."""
+def networks(draw, max_blocks: int = 4, activations=None, ceil_modes=(False, True)):
+    """Draw ``(model, x)``: a random SpecNet in float64 eval mode and a batch of 2 inputs
+    (activations from ``activations``, default all of :data:`ACTIVATIONS`)."""
     seed = draw(st.integers(0, 2 ** 31 - 1))
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -200,7 +202,8 @@ def networks(draw, max_blocks: int = 4):
     for _ in range(draw(st.integers(1, max_blocks))):
         if channels * size * size > 72 or size < 1:
             break
-        block, block_spec, channels, size = draw(_block(channels, size, generator))
+        block, block_spec, channels, size = draw(_block(channels, size, generator,
+                                                        activations, ceil_modes))
         blocks.append(block)
         spec.append(block_spec)
     head_kind = draw(st.sampled_from(["linear", "mlp", "gap"]))
@@ -210,7 +213,7 @@ def networks(draw, max_blocks: int = 4):
                                                                               classes))
     elif head_kind == "mlp":
         hidden = draw(st.integers(2, 6))
-        activation = draw(st.sampled_from(sorted(ACTIVATIONS)))
+        activation = draw(st.sampled_from(activations or sorted(ACTIVATIONS)))
         head = nn.Sequential(nn.Flatten(), nn.Linear(features, hidden),
                              ACTIVATIONS[activation](), nn.Linear(hidden, classes))
         head_kind = f"mlp-{activation}"

@@ -63,6 +63,13 @@ def test_check_writes_a_sound_report_for_two_models(tmp_path, models, capsys, mo
             assert r["lambda_max"] <= r["local_bound"] <= model["info"]["global_bound"]
             assert r["certified_radius"] <= float(r["attack_radius"])
             assert set(r["seconds"]) >= {"spectrum", "local_bound", "attack", "pgd"}
+            # the linear-bound radius: ReLU networks only (vgg), never above the attack's
+            linear = r["certified_radius_linear"]
+            if model["info"]["name"] == "vgg":
+                assert linear is not None and linear <= r["certified_radius"]
+                assert linear <= float(r["attack_radius"])
+            else:
+                assert linear is None
         assert model["info"]["seconds"]["trace"] > 0
     assert {"report.md", "results.json", "rankings.png", "spectra.png"} <= {
         p.name for p in out.iterdir()}
