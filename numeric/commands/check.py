@@ -67,7 +67,7 @@ def add_check_options(parser: argparse.ArgumentParser, defaults=None,
     parser.add_argument("--linear-steps", type=int, default=d.linear_steps, metavar="N",
                         help=f"bisection passes of the linear-bound (CROWN) certified "
                              f"radius, for networks of affine maps, ReLU and max pooling "
-                             f"(each pass about 0.3-1 s per sample on the demo's CNNs); 0 "
+                             f"(each pass about 0.5-2 s per sample on the demo's CNNs); 0 "
                              f"skips it (default: {d.linear_steps})")
     parser.add_argument("--bootstrap", type=int, default=d.bootstrap,
                         help=f"bootstrap resamples of every interval (default: {d.bootstrap})")

@@ -400,7 +400,7 @@ class TracedModel:
             Passes of linear bound propagation (0: none). Each costs about
             :math:`\sum_k 2N_k \cdot S_k` multiply-adds per row (:math:`N_k` entries of
             the k-th activation's input, :math:`S_k` the size of the graph before it);
-            about 0.3 s per row and pass for the demo's VGG, 1 s for its ResNet, on 2 cores.
+            about 0.5 s per row and pass for the demo's VGG, 1.5-2 s for its ResNet, on 2 cores.
             Networks outside its domain, or above :data:`numeric.graph.crown.WORK_LIMIT`,
             skip it.
         box : (float, float), optional
