@@ -337,9 +337,10 @@ def _certified_radius(chunk: Chunk) -> dict:
     best = [g if r is None else max(g, r) for g, r in zip(radii, region)]
     if chunk.settings.linear_steps > 0 and chunk.traced.linear_reason(chunk.x) is None:
         # over the ball and the attack's box, bisected below the attack radius
-        linear = chunk.traced.certified_radius(
-            chunk.x.detach(), chunk.pred, steps=1, linear_steps=chunk.settings.linear_steps,
-            box=_attack_box(), upper=torch.tensor(attack, dtype=torch.float64)).tolist()
+        linear = chunk.traced.linear_radius(
+            chunk.x.detach(), chunk.pred, torch.tensor(best, dtype=torch.float64),
+            torch.tensor(attack, dtype=torch.float64), box=_attack_box(),
+            steps=chunk.settings.linear_steps).tolist()
         best = [b if r is None else max(b, r) for b, r in zip(best, linear)]
     return {"certified_radius": best, "certified_radius_global": radii,
             "certified_radius_region": region, "certified_radius_linear": linear,

@@ -71,6 +71,7 @@ ROUNDING_SPREAD = 10.0
 #: Rows of a batch measured by the self-check of a local bound, and random nearby points
 #: added to the example rows for the global bounds.
 SELF_CHECK_ROWS = 4
+_UNCHECKED = object()
 SELF_CHECK_NEARBY = 2
 
 QUANTITIES = ("output", "centred_output")
@@ -135,6 +136,7 @@ class TracedModel:
         self._graphs: dict = {}
         self._example = x[:2].detach()
         self._float64 = None
+        self._linear_reason = _UNCHECKED
         bounds.validate(self._graph(centred=False))
 
     # ------------------------------------------------------------------ graphs
@@ -401,7 +403,7 @@ class TracedModel:
             :math:`\sum_k 2N_k \cdot S_k` multiply-adds per row (:math:`N_k` entries of
             the k-th activation's input, :math:`S_k` the size of the graph before it);
             about 0.5 s per row and pass for the demo's VGG, 1.5-2 s for its ResNet, on 2 cores.
-            Networks outside its domain, or above :data:`numeric.graph.crown.WORK_LIMIT`,
+            Networks outside its domain, or above :data:`numeric.graph.linearized.WORK_LIMIT`,
             skip it.
         box : (float, float), optional
             The range of every input entry.
@@ -456,25 +458,42 @@ class TracedModel:
             floor = margins.masked_fill(~others, math.inf).amin(1) / (steepest * (1 + 1e-12))
             radius = torch.maximum(radius, floor)
         radius = torch.where(correct, radius, torch.zeros_like(radius))
-        if linear_steps > 0 and bool(correct.any()) and self.linear_reason(x) is None:
-            top = 2 * first_order
-            if upper is not None:
-                top = torch.as_tensor(upper, dtype=torch.float64).reshape(-1).cpu()
-            top = torch.where(torch.isfinite(top), top, 2 * first_order)
-            rows = torch.nonzero(correct & torch.isfinite(top) & (top > radius)).reshape(-1)
-            if len(rows):
-                linear = crown.certified_radius_linear(
-                    self._traced, x[rows.to(x.device)], labels[rows], radius[rows],
-                    top[rows], box=box, steps=linear_steps)
-                radius[rows] = torch.maximum(radius[rows], linear)
+        if linear_steps > 0 and self.linear_reason(x) is None:
+            top = 2 * first_order if upper is None else torch.as_tensor(
+                upper, dtype=torch.float64).reshape(-1).cpu()
+            radius = self.linear_radius(x, labels, radius,
+                                        torch.where(torch.isfinite(top), top, 2 * first_order),
+                                        box=box, steps=linear_steps, self_check=False)
         if self.self_check:
             self._check_radius(x, labels, radius, correct, box)
         return radius
 
+    def linear_radius(self, x: torch.Tensor, labels: torch.Tensor, low: torch.Tensor,
+                      upper: torch.Tensor, *, box=None, steps: int = 8,
+                      self_check: bool | None = None) -> torch.Tensor:
+        """The certified radius of linear bound propagation, bisected in ``[low, upper]``
+        (``low`` already certified; rows with ``low = 0`` and a non-positive margin keep
+        0); see :meth:`certified_radius`. Models outside its domain return ``low``."""
+        low = torch.as_tensor(low, dtype=torch.float64).reshape(-1).cpu().clone()
+        upper = torch.as_tensor(upper, dtype=torch.float64).reshape(-1).cpu()
+        labels = labels.to("cpu").long()
+        rows = torch.nonzero(torch.isfinite(upper) & (upper > low)).reshape(-1)
+        if self.linear_reason(x) is None and len(rows):
+            linear = crown.certified_radius_linear(
+                self._traced, x[rows.to(x.device)], labels[rows], low[rows], upper[rows],
+                box=box, steps=steps)
+            low[rows] = torch.maximum(low[rows], linear)
+        if self.self_check if self_check is None else self_check:
+            self._check_radius(x, labels, low, low > 0, box)
+        return low
+
     def linear_reason(self, x: torch.Tensor) -> str | None:
         """None when linear bound propagation (:mod:`numeric.graph.crown`) covers this
-        model at inputs like ``x``, else the reason it does not (one line)."""
-        return crown.supported_reason(self._traced, x)
+        model, else the reason it does not (one line; the graph's structure decides, so
+        it is found once)."""
+        if self._linear_reason is _UNCHECKED:
+            self._linear_reason = crown.supported_reason(self._traced, x)
+        return self._linear_reason
 
     def _check_radius(self, x, labels, radius, correct, box) -> None:
         """The prediction at a random point of each certified set (the first rows)."""
