@@ -64,17 +64,18 @@ from numeric.graph.linearized import AffineGraph, supported_reason
 __all__ = ["LinearBounds", "margin_lower_bounds", "certified_radius_linear", "ROUNDING",
            "supported_reason"]
 
-aten = torch.ops.aten
 
 #: Relative widening of every bound for float64 rounding (see the module docstring).
 ROUNDING = 1e-10
 #: Entries of the coefficient tensors processed at once (memory of one backward chunk).
 CHUNK_ENTRIES = 1 << 23
+
+
 class LinearBounds:
     """The state of one bound propagation: the graph and the pre-activation intervals."""
 
     def __init__(self, traced, x: torch.Tensor, eps: torch.Tensor, box=None,
-                 previous: "LinearBounds | None" = None) -> None:
+                 previous: LinearBounds | None = None) -> None:
         self.g = AffineGraph(traced, x) if previous is None else previous.g
         self.eps = eps.to(torch.float64)
         self.box = None
