@@ -21,12 +21,16 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/fimbound demo
 
+# One pytest worker per core (pytest-xdist), one torch thread each: the suite is thousands
+# of tiny problems, where a second thread per process only adds contention.
+TEST_WORKERS ?= auto
 test: $(STAMP)
-	$(PY) -m pytest --nbmake
+	OMP_NUM_THREADS=1 $(PY) -m pytest --nbmake -n $(TEST_WORKERS) --dist worksteal
 
 # The opt-in heavy tier: Monte-Carlo estimators and the large soundness sweeps.
 test-heavy: $(STAMP)
-	$(PY) -m pytest --nbmake -m "montecarlo or slow"
+	OMP_NUM_THREADS=1 $(PY) -m pytest --nbmake -n $(TEST_WORKERS) --dist worksteal \
+		-m "montecarlo or slow"
 
 bench: $(STAMP)
 	$(PY) -m benchmarks

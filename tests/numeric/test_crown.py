@@ -244,3 +244,43 @@ def test_products_of_two_input_dependent_tensors_are_refused():
     graph = build_graph(exported, x, GraphOptions(allow_unbounded=True))
     reason = supported_reason(graph, x)
     assert reason is not None and "multiplies two input-dependent" in reason
+
+
+class _Exported:
+    """Just what the linear reader uses of a traced graph, for graphs the tracer itself
+    refuses (so the reader's own refusals are tested, not the tracer's)."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor) -> None:
+        from numeric.graph.export import export_model
+        from numeric.graph.registry import registered_module_types
+        self.exported = export_model(model, x, registered_module_types())
+
+    def inputs_as(self, dtype, device) -> dict:
+        return {name: value.to(device, dtype) if isinstance(value, torch.Tensor)
+                and value.is_floating_point() else value
+                for name, value in self.exported.inputs.items()}
+
+
+class _FloorDivision(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.b(torch.relu(torch.div(self.a(x), 0.3, rounding_mode="floor")))
+
+
+class _TrainingDropout(_FloorDivision):
+    def forward(self, x):
+        return self.b(nn.functional.dropout(torch.relu(self.a(x)), 0.5, training=True))
+
+
+@pytest.mark.parametrize("module, reason", [
+    (_FloorDivision, "rounding_mode='floor' is not affine"),
+    (_TrainingDropout, "native_dropout")])
+def test_jumps_and_randomness_are_not_read_as_affine(module, reason):
+    model = module().double().eval()
+    x = torch.randn(2, 4, dtype=torch.float64)
+    found = supported_reason(_Exported(model, x), x)
+    assert found is not None and reason in found, found
