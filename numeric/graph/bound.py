@@ -137,6 +137,8 @@ class TracedModel:
         self._example = x[:2].detach()
         self._float64 = None
         self._linear_reason = _UNCHECKED
+        self._tangent_rows: torch.Tensor | None = None
+        self._tangent_memo: dict = {}
         bounds.validate(self._graph(centred=False))
 
     # ------------------------------------------------------------------ graphs
@@ -280,7 +282,7 @@ class TracedModel:
         if x[0].numel() <= TANGENT_LIMIT:   # the exact Jacobian at each row, Clarke-widened
             zero = torch.zeros(x.shape[0], dtype=torch.float64)
             result = region_pass(self._traced, self._fisher_overrides(), x, zero,
-                                 tangents=True)
+                                 tangents=True, tangent_cache=self._tangents_at(x))
             if result.jacobian is not None:
                 values = exact_centre_bounds(self._with_rounding(result, x), zero)[1]
         if values is None:
@@ -341,7 +343,7 @@ class TracedModel:
         """
         x, eps = self._region_arguments("region_bound", x, eps)
         result = region_pass(self._traced, self._fisher_overrides(), x, eps,
-                             keep=stash_keys(self._traced))
+                             keep=stash_keys(self._traced), tangent_cache=self._tangents_at(x))
         jacobian, _ = propagate_rows(self._traced, self._fisher_overrides(),
                                      result.constants, result.stashes)
         jacobian = torch.minimum(jacobian, result.lipschitz) * CERTIFICATION_FACTOR
@@ -425,8 +427,11 @@ class TracedModel:
         others = torch.arange(margins.shape[1]) != labels.unsqueeze(1)
         correct = (predicted == labels) & (margins.masked_fill(~others, math.inf).amin(1) > 0)
 
+        shared = self._tangents_at(x)    # the centres' exact tangents, in every pass
+
         def gradients(eps: torch.Tensor) -> torch.Tensor:
-            result = region_pass(self._traced, self._fisher_overrides(), x, eps)
+            result = region_pass(self._traced, self._fisher_overrides(), x, eps,
+                                 tangent_cache=shared)
             values = result.margin_gradients.cpu().clone()
             values[torch.arange(len(labels)), labels] = 0
             return values
@@ -520,6 +525,16 @@ class TracedModel:
         overrides = dict(self._centring) if self.options.centre_logits else {}
         _, passed = last_linear(self._traced)
         return {**overrides, **{key: 1.0 for key in passed}}
+
+    def _tangents_at(self, x: torch.Tensor) -> dict:
+        """The exact tangents of the region passes at the rows of ``x``, which do not
+        depend on the radii: the local bound, the certified radius and the region bound
+        of one batch compute them once. Only the last batch's are kept."""
+        rows = x.detach().to("cpu", torch.float64)
+        if self._tangent_rows is None or self._tangent_rows.shape != rows.shape or \
+                not torch.equal(self._tangent_rows, rows):
+            self._tangent_rows, self._tangent_memo = rows.clone(), {}
+        return self._tangent_memo
 
     def _region_arguments(self, caller: str, x, eps):
         _check_arguments(caller, self.model, x)

@@ -89,9 +89,10 @@ def _expand(per_row: torch.Tensor, rows: Rows, shape, device) -> torch.Tensor:
 
 class _RegionRunner(_Runner):
     def __init__(self, traced: TracedGraph, eps: torch.Tensor, constants_of: dict,
-                 keep: set, tangents: bool) -> None:
+                 keep: set, tangents: bool, tangent_cache: dict | None = None) -> None:
         super().__init__(traced, local=True, keep=keep)
         self.eps = eps.to(torch.float64)
+        self.tangent_cache = {} if tangent_cache is None else tangent_cache
         self.graph_constants = constants_of
         self.L: dict = {}
         self.refined: dict = {}
@@ -266,6 +267,14 @@ class _RegionRunner(_Runner):
             self.L[key] = torch.minimum(self.L[key], tighter / factor)
 
     def _jvp(self, node, ctx, traced: dict):
+        """The exact tangents of ``node``'s output at the centres (None without forward
+        mode), from those of its inputs; they do not depend on the radii, so passes at
+        the same centres share them through ``tangent_cache``."""
+        if node.name not in self.tangent_cache:
+            self.tangent_cache[node.name] = self._jvp_at_centre(node, ctx, traced)
+        return self.tangent_cache[node.name]
+
+    def _jvp_at_centre(self, node, ctx, traced: dict):
         names = list(traced)
         primals = [traced[name].value.detach().to(torch.float64) for name in names]
         tangents = [self.T[name] for name in names]
@@ -450,15 +459,18 @@ def softmax_curvature_over_box(lower: torch.Tensor, upper: torch.Tensor) -> torc
 
 
 def region_pass(traced: TracedGraph, centring: dict, x: torch.Tensor, eps: torch.Tensor,
-                keep=(), tangents: bool | None = None) -> RegionResult:
+                keep=(), tangents: bool | None = None,
+                tangent_cache: dict | None = None) -> RegionResult:
     """Run the region pass at the rows of ``x`` with radii ``eps`` (Tensor (B,));
     ``tangents`` (default: when a row has at most :data:`TANGENT_LIMIT` entries) tracks
-    exact Jacobians at the centres."""
+    exact Jacobians at the centres. Passes at the same ``x`` (only the radii differ) may
+    share one ``tangent_cache`` dict: the first fills it, the others skip the forward-mode
+    products (most of a pass's cost on small inputs)."""
     G = traced.G
     constants_of = dict(centring)
     if tangents is None:
         tangents = x[0].numel() <= TANGENT_LIMIT
-    runner = _RegionRunner(traced, eps, constants_of, set(keep), tangents)
+    runner = _RegionRunner(traced, eps, constants_of, set(keep), tangents, tangent_cache)
     with torch.no_grad():
         logits = runner.run(x.detach().to(torch.float64))
     (output_key,) = G.predecessors("output")

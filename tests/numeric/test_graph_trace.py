@@ -394,3 +394,31 @@ def test_certified_radius_of_a_linear_model_is_the_exact_distance_up_to_the_grid
     global_radius = (logits.topk(2, dim=1).values @ torch.tensor([1.0, -1.0], dtype=torch.float64)
                      ) / (math.sqrt(2) * traced.lipschitz_bound("centred_output"))
     assert bool((radius >= global_radius * (1 - 1e-9)).all())   # the rounding allowance
+
+
+def test_region_passes_of_one_batch_share_the_centres_tangents():
+    """The local bound, the region bound and the certified radius of one batch reuse the
+    exact tangents at its rows; each number equals that of a fresh trace, and another
+    batch gets its own."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Flatten(), nn.Linear(12, 5), nn.Tanh(), nn.Linear(5, 4)
+                          ).double().eval()
+    x = torch.randn(3, 1, 4, 4, dtype=torch.float64)
+    other = torch.randn(3, 1, 4, 4, dtype=torch.float64)
+    eps = torch.tensor([0.01, 0.05, 0.2], dtype=torch.float64)
+
+    def fresh(call):
+        return call(trace_model(model, x, self_check=False))
+
+    shared = trace_model(model, x, self_check=False)
+    local = shared.local_fisher_bound(x)
+    assert shared._tangent_memo                                    # filled by the first
+    region = shared.region_bound(x, eps)
+    radius = shared.certified_radius(x, linear_steps=0)
+    assert torch.equal(local, fresh(lambda t: t.local_fisher_bound(x)))
+    assert torch.equal(region.fisher, fresh(lambda t: t.region_bound(x, eps)).fisher)
+    assert torch.equal(radius, fresh(lambda t: t.certified_radius(x, linear_steps=0)))
+    shifted = shared.region_bound(other, eps)
+    assert torch.equal(shifted.fisher, trace_model(model, x, self_check=False)
+                       .region_bound(other, eps).fisher)
