@@ -91,9 +91,10 @@ def _fold_backward(traced, key: str, scale: torch.Tensor) -> bool:
 
 def _walk_chain(traced, key: str, classify):
     """Follow the single-input, single-successor chain after ``key`` until
-    ``classify(node, spec, params)`` says ``"target"``; ``"through"`` puts the node in the
-    chain, ``"skip"`` passes it without, anything else gives up. Returns
-    ``(target, its spec, chain)`` (the chain starts with ``key``) or None."""
+    ``classify(node, spec, params)`` says ``"target"``; ``"through"`` and ``"skip"`` (a
+    movement that changes what counts as a channel) pass the node, anything else gives up.
+    Returns ``(target, its spec, chain)`` (the chain starts with ``key`` and holds every
+    node passed: their values are the ones the fold rescales) or None."""
     G = traced.G
     node, chain = key, [key]
     while True:
@@ -106,10 +107,9 @@ def _walk_chain(traced, key: str, classify):
         verdict = classify(node, spec, G.nodes[node].get("params", {}))
         if verdict == "target":
             return node, spec, chain
-        if verdict == "through":
-            chain.append(node)
-        elif verdict != "skip":
+        if verdict not in ("through", "skip"):
             return None
+        chain.append(node)
 
 
 def _fold_forward(traced, key: str, scale: torch.Tensor) -> bool:
@@ -138,16 +138,23 @@ def _fold_forward(traced, key: str, scale: torch.Tensor) -> bool:
     node, spec, chain = found
     _set(traced, node, spec.fold_input(scale))
     _contract(traced, key, node)
-    _scaled_values(traced, chain, float(scale.abs().max()))
+    _scaled_values(traced, chain, scale)
     return True
 
 
-def _scaled_values(traced, chain: list, factor: float) -> None:
-    """The values along a folded chain are the graph's times ``factor`` (the folded map
-    moved into the layer after them): their Jacobian bounds, which the region bounds use
-    for deviations, carry it."""
+def _scaled_values(traced, chain: list, scale: torch.Tensor) -> None:
+    """The values along a folded chain are the graph's times a per-channel ``scale`` (the
+    folded map moved into the layer after them), so a Jacobian norm of the graph's value
+    is at most ``max|scale|`` times smaller than the actual value's (``value_factor``: the
+    region bounds' deviations carry it) and at most ``1 / min|scale|`` times larger
+    (``value_shrink``: what an exact norm of the actual value gives the graph's)."""
+    magnitudes = scale.detach().abs()
+    factor = float(magnitudes.max())
+    smallest = float(magnitudes.min())
+    shrink = 1.0 / smallest if smallest > 0 else math.inf
     for key in chain:
         traced.value_factor[key] = traced.value_factor.get(key, 1.0) * factor
+        traced.value_shrink[key] = traced.value_shrink.get(key, 1.0) * shrink
 
 
 def _fold_layernorm(traced, key: str, spec: NodeSpec) -> bool:
@@ -167,7 +174,7 @@ def _fold_layernorm(traced, key: str, spec: NodeSpec) -> bool:
     node, target, chain = found
     _set(traced, node, target.fold_input(spec.feature_scale))
     _set(traced, key, spec.without_scale())
-    _scaled_values(traced, chain, float(spec.feature_scale.abs().max()))
+    _scaled_values(traced, chain, spec.feature_scale)
     return True
 
 

@@ -57,7 +57,8 @@ from numeric.graph.tangent import (LINEAR_OPS, TANGENT_LIMIT, frobenius, input_t
                                    jvp_of, row_norms, spectral_of_rows)
 from numeric.graph.trace import TracedGraph, _Runner
 
-__all__ = ["RegionResult", "region_pass", "softmax_curvature_over_box", "exact_centre_bounds"]
+__all__ = ["RegionResult", "region_pass", "softmax_curvature_over_box",
+           "softmax_curvature_from_margins", "exact_centre_bounds"]
 
 aten = torch.ops.aten
 
@@ -93,6 +94,7 @@ class _RegionRunner(_Runner):
         super().__init__(traced, local=True, keep=keep)
         self.eps = eps.to(torch.float64)
         self.tangent_cache = {} if tangent_cache is None else tangent_cache
+        self.absorbing = set(traced.contracted.values())
         self.graph_constants = constants_of
         self.L: dict = {}
         self.refined: dict = {}
@@ -102,10 +104,13 @@ class _RegionRunner(_Runner):
         self.delta: dict = {}
         self.variations: dict = {}
 
-    def _per_node(self, table: dict, key: str | None) -> torch.Tensor:
+    def _per_node(self, table: dict, key: str | None, scaled: bool = True) -> torch.Tensor:
         """``table``'s entry for the value of graph node ``key`` (following contracted
-        nodes, times the value's factor from folding), (B,); inf if there is none."""
-        factor = self.traced.value_factor.get(key, 1.0)
+        nodes), (B,); inf if there is none. The tables hold bounds for the graph's values;
+        on a chain a BatchNorm or LayerNorm scale was folded across, the actual value is
+        the graph's times a per-channel scale, and ``scaled`` multiplies by its largest
+        magnitude (``value_factor``): a bound for the actual value."""
+        factor = self.traced.value_factor.get(key, 1.0) if scaled else 1.0
         while key not in table and key in self.traced.contracted:
             key = self.traced.contracted[key]
         if key not in table:
@@ -213,12 +218,13 @@ class _RegionRunner(_Runner):
             constant = self.constants.get(key)
             if constant is None:
                 constant = self.graph_constants.get(key, G.nodes[key].get("lipschitz"))
+            # the graph's own values: a folded scale is in the constants already
             self.L[key] = _combine(G.nodes[key]["op"],
-                                   [self.value_bound(p) for p in G.predecessors(key)],
-                                   constant)
+                                   [self._per_node(self.L, p, scaled=False)
+                                    for p in G.predecessors(key)], constant)
             self.delta[key] = _combine(G.nodes[key]["op"],
-                                       [self.delta_of(p) for p in G.predecessors(key)],
-                                       constant)
+                                       [self._per_node(self.delta, p, scaled=False)
+                                        for p in G.predecessors(key)], constant)
 
     def _after(self, node, ctx, info) -> None:
         self._propagate_keys(node.name)
@@ -249,22 +255,34 @@ class _RegionRunner(_Runner):
                 exact = delta.cpu() if source is None else spectral_of_rows(
                     self.T[source], delta, self._info_of(source).rows, self.batch)
                 constant = self.constants.get(key, self.traced.G.nodes[key]["lipschitz"])
-                self.delta[key] = constant * self.delta_of(source_key) + exact
+                # the exact part is the actual values'; the graph's is at most
+                # value_shrink times it (a per-channel scale folded across)
+                shrink = self.traced.value_shrink.get(
+                    source_key if source is not None else key, 1.0)
+                self.delta[key] = constant * self._per_node(
+                    self.delta, source_key, scaled=False) + _rescaled(exact, shrink)
             else:
                 # at a point (eps = 0) a smooth operation spreads the Clarke Jacobian of its
                 # input by at most its own Jacobian norm (chain rule for a C^1 outer map):
                 # the recursion's value; over a ball, only the triangle inequality
-                trivial = self.L[key] + (frobenius(tangent, info_rows, self.batch) * (
-                    1 + 1e-12) if tangent is not None else self.L[key])
+                trivial = self.L[key] + (_rescaled(frobenius(
+                    tangent, info_rows, self.batch) * (1 + 1e-12),
+                    self.traced.value_shrink.get(key, 1.0))
+                    if tangent is not None else self.L[key])
                 self.delta[key] = torch.where(self.eps == 0, self.delta[key], trivial)
         if tangent is None:
             return
         self.T[node.name] = tangent
-        if key in self.L:
+        # a graph node that absorbed the maps after it (a BatchNorm contracted into the
+        # conv before it) stands for their output, not this node's: no tightening here;
+        # on a folded chain the graph's value is the actual one divided by a per-channel
+        # scale, so its Jacobian is at most value_shrink times the actual one's
+        if key in self.L and key not in self.absorbing:
             tighter = (frobenius(tangent, info_rows, self.batch) + self.delta_of(key)) * (
                 1 + 1e-12)
-            factor = self.traced.value_factor.get(key, 1.0)
-            self.L[key] = torch.minimum(self.L[key], tighter / factor)
+            shrink = self.traced.value_shrink.get(key, 1.0)
+            if math.isfinite(shrink):
+                self.L[key] = torch.minimum(self.L[key], tighter * shrink * (1 + 1e-12))
 
     def _jvp(self, node, ctx, traced: dict):
         """The exact tangents of ``node``'s output at the centres (None without forward
@@ -400,6 +418,13 @@ class _RegionRunner(_Runner):
         return self.info[next(n for n in self.info if n.name == name)]
 
 
+def _rescaled(values: torch.Tensor, shrink: float) -> torch.Tensor:
+    """``values * shrink``, infinite where ``shrink`` is (a folded scale with a zero)."""
+    if math.isfinite(shrink):
+        return values * shrink
+    return torch.full_like(values, math.inf)
+
+
 def _first_output(out, entry):
     if entry is not None:
         return out[entry]
@@ -455,6 +480,19 @@ def softmax_curvature_over_box(lower: torch.Tensor, upper: torch.Tensor) -> torc
     rest = torch.take_along_dim(log_rest_lower, best, dim=-1).squeeze(-1).exp()
     top = torch.take_along_dim(log_lower, best, dim=-1).squeeze(-1).exp()
     kappa = torch.minimum(log_upper.amax(dim=-1).exp(), rest * (1 + top)).clamp(0, 0.5)
+    return kappa * (1 + 1e-9) + 1e-300
+
+
+def softmax_curvature_from_margins(margins: torch.Tensor) -> torch.Tensor:
+    r"""Upper bound on :math:`\kappa(p)` (as :func:`softmax_curvature_over_box`) for every
+    :math:`p = \operatorname{softmax}(z)` whose margins satisfy
+    :math:`z_y - z_j \ge \mu_j` (``margins`` (B, K), the label's own entry inf): then
+    :math:`p_y \ge 1/(1 + t)`, :math:`t = \sum_{j \ne y} e^{-\mu_j}`, so
+    :math:`1 - \|p\|^2 \le 1 - p_y^2 \le s(2 - s)` with :math:`s = t/(1+t) \ge 1 - p_y`
+    (any :math:`\mu`, of any sign)."""
+    log_t = torch.logsumexp(-margins.to(torch.float64), dim=-1)
+    s = torch.exp(log_t - torch.nn.functional.softplus(log_t))      # t / (1 + t)
+    kappa = (s * (2 - s)).clamp(0, 0.5)
     return kappa * (1 + 1e-9) + 1e-300
 
 

@@ -99,6 +99,7 @@ class TracedGraph:
     created: dict = field(default_factory=dict)
     contracted: dict = field(default_factory=dict)
     value_factor: dict = field(default_factory=dict)
+    value_shrink: dict = field(default_factory=dict)
     _float64: dict = field(default_factory=dict)
 
     def local_constants(self, x: torch.Tensor, keep=()) -> tuple[dict, dict, torch.Tensor]:
