@@ -184,8 +184,8 @@ def model_info(model: ModelToCheck, example: torch.Tensor, num_classes: int
 
     Notes
     -----
-    Cost: two traces (each a ``torch.export`` of the model and its certified constants;
-    seconds for a small CNN, minutes for an ImageNet model) and one pass over the weights
+    Cost: one ``torch.export`` of the model and two graphs of certified constants from it
+    (seconds for a small CNN, minutes for an ImageNet model) and one pass over the weights
     for their hash.
     """
     from numeric.graph import trace_model
@@ -197,8 +197,7 @@ def model_info(model: ModelToCheck, example: torch.Tensor, num_classes: int
     lipschitz = float(traced.lipschitz_bound("centred_output"))
     seconds["trace"] = time.perf_counter() - start
     start = time.perf_counter()
-    plain = trace_model(model.module, example, fold_batchnorm=False, centre_logits=False,
-                        merge_pooling=False)
+    plain = traced.retraced(fold_batchnorm=False, centre_logits=False, merge_pooling=False)
     plain_bound = float(plain.fisher_bound())
     seconds["plain_bound"] = time.perf_counter() - start
     family, depth, preset = describe_family(model.spec, model.module)
@@ -329,7 +328,8 @@ def _certified_radius(chunk: Chunk) -> dict:
             region = chunk.traced.certified_radius(x, chunk.pred, steps=steps,
                                                    linear_steps=0).tolist()
             region_bound = chunk.traced.region_bound(
-                x, torch.tensor(eps, dtype=torch.float64)).fisher.tolist()
+                x, torch.tensor(eps, dtype=torch.float64),
+                linear=None if chunk.settings.linear_steps > 0 else False).fisher.tolist()
         except UnsupportedModuleError:
             # a construct with a global rule but no region form: the global radius stands
             # (a failed self-check, UnsoundBoundError, is never swallowed)

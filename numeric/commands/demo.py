@@ -23,7 +23,7 @@ load the cache. The same seed gives the same numbers on every run; a rerun with 
 
 def _demo_settings():
     from numeric.check.results import CheckSettings
-    # sized for the demo's half minute on 2 idle cores: 20 samples (two per class) in one
+    # sized for the demo's minute or less on 2 idle cores: 20 samples (two per class) in one
     # chunk per model (one job per worker process), the toolkit's attack and its boundary
     # refinement (within 2% of the full ensemble's median radius on these models, a third
     # of its time), 40 steps, one PGD radius per norm, the region certificate on a grid of

@@ -15,6 +15,7 @@ import numeric
 from numeric.errors import InputError, TraceError, UnsupportedModuleError
 from numeric.graph import (NodeSpec, linear_operator_norm, lookup_rule, module_graph,
                            register_rule, trace_model)
+from numeric.graph.selfcheck import exact_jacobian_norms
 from tests.numeric.graph_models import exact_top_eigenvalue_vjp
 from tests.reference import exact_top_eigenvalue
 
@@ -422,3 +423,58 @@ def test_region_passes_of_one_batch_share_the_centres_tangents():
     shifted = shared.region_bound(other, eps)
     assert torch.equal(shifted.fisher, trace_model(model, x, self_check=False)
                        .region_bound(other, eps).fisher)
+
+
+def test_retraced_equals_a_fresh_trace_with_those_options():
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(),
+                          nn.AvgPool2d(2), nn.Flatten(), nn.Linear(12, 4)).double().eval()
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_var.uniform_(0.1, 2.0)
+    x = torch.randn(2, 1, 4, 4, dtype=torch.float64)
+    options = {"fold_batchnorm": False, "centre_logits": False, "merge_pooling": False}
+    traced = trace_model(model, x, self_check=False)
+    plain = traced.retraced(**options)
+    fresh = trace_model(model, x, self_check=False, **options)
+    assert plain.fisher_bound() == fresh.fisher_bound() > traced.fisher_bound()
+    assert torch.equal(plain.local_fisher_bound(x), fresh.local_fisher_bound(x))
+    assert traced.retraced().fisher_bound() == traced.fisher_bound()    # untouched
+    with pytest.raises(InputError, match="allow_unbounded"):
+        traced.retraced(allow_unbounded=True)
+
+
+@pytest.mark.parametrize("first", ["conv_then_batchnorm", "batchnorm_then_flatten"])
+@pytest.mark.parametrize("gain", [0.05, 3.0])
+def test_region_bounds_hold_on_folded_batchnorm_chains(first, gain):
+    """A BatchNorm folded into the conv before it (contracted: the conv's graph value is
+    the BatchNorm's output) or into the linear layer after a flatten (the values between
+    are the graph's times its scale): the exact tangents of the actual values are
+    converted, never read as the graph's (found by the switching sweep: both bounds
+    were below the exact Jacobian by the BatchNorm's scale)."""
+    torch.manual_seed(5)
+    channels = 1 if first == "conv_then_batchnorm" else 2
+    norm = nn.BatchNorm2d(channels).double().eval()
+    with torch.no_grad():
+        norm.weight.copy_(torch.tensor([gain, -0.5 * gain][:channels], dtype=torch.float64))
+        norm.running_var.copy_(torch.tensor([0.75, 1.3][:channels], dtype=torch.float64))
+    if first == "conv_then_batchnorm":
+        layers = [nn.Conv2d(1, 1, 1, stride=2), norm, nn.ReLU(), nn.Flatten(),
+                  nn.Linear(4, 2)]
+    else:
+        layers = [norm, nn.Flatten(), nn.Linear(32, 2)]
+    model = nn.Sequential(*layers).double().eval()
+    x = torch.randn(3, channels, 4, 4, dtype=torch.float64)
+    traced = trace_model(model, x, self_check=False)
+    exact = exact_jacobian_norms(model, x, centred=True)
+    for eps in (0.0, 0.1, 3.0):
+        bound = traced.region_bound(x, eps, linear=False).jacobian
+        assert bool((exact <= bound).all()), (eps, bound, exact)
+    radius = traced.certified_radius(x, linear_steps=0)
+    with torch.no_grad():
+        labels = model(x).argmax(1)
+    direction = torch.randn(x.shape, dtype=torch.float64)
+    direction = direction / direction.flatten(1).norm(dim=1).reshape(-1, 1, 1, 1)
+    with torch.no_grad():
+        moved = model(x + 0.999 * radius.reshape(-1, 1, 1, 1) * direction).argmax(1)
+    assert bool((moved == labels).all())
