@@ -47,21 +47,22 @@ import torch
 from torch import nn
 
 import bounds
-from numeric.errors import InputError, UnsoundBoundError, UnsupportedModuleError
-from numeric.graph import crown
+from numeric.errors import InputError, UnsupportedModuleError
 from numeric.graph.export import export_model
 from numeric.graph.local import local_fisher, propagate_rows, stash_keys
 from numeric.graph.norms import CERTIFICATION_FACTOR
 from numeric.graph.passes import (centring_plan, fold_normalizations, last_linear,
                                   merge_pooling)
+from numeric.graph.radius import _UNCHECKED, CertifiedRadii
 from numeric.graph.region import (exact_centre_bounds, region_pass,
                                   softmax_curvature_from_margins,
                                   softmax_curvature_over_box)
 from numeric.graph.registry import GraphOptions, registered_module_types
 from numeric.graph.switching import switching_jacobian_bound
 from numeric.graph.tangent import TANGENT_LIMIT
-from numeric.graph.selfcheck import (exact_fisher_top, exact_jacobian_norms,
-                                     exact_jacobians, float64_copy, nearby_points, verify)
+from numeric.graph.selfcheck import (SELF_CHECK_ROWS, exact_fisher_top,
+                                     exact_jacobian_norms, exact_jacobians, float64_copy,
+                                     nearby_points, verify)
 from numeric.graph.trace import TracedGraph, build_graph, evaluate_constants
 
 __all__ = ["TracedModel", "RegionBound", "trace_model"]
@@ -70,10 +71,7 @@ __all__ = ["TracedModel", "RegionBound", "trace_model"]
 #: Jacobian (:meth:`TracedModel._with_rounding`).
 ROUNDING_SPREAD = 10.0
 
-#: Rows of a batch measured by the self-check of a local bound, and random nearby points
-#: added to the example rows for the global bounds.
-SELF_CHECK_ROWS = 4
-_UNCHECKED = object()
+#: Random nearby points added to the example rows for the global bounds' self-check.
 SELF_CHECK_NEARBY = 2
 
 QUANTITIES = ("output", "centred_output")
@@ -99,7 +97,7 @@ def _check_arguments(caller: str, model, example_input) -> None:
         raise InputError(f"{caller}: expected finite inputs, got NaN or infinity.")
 
 
-class TracedModel:
+class TracedModel(CertifiedRadii):
     """A model traced once, with every certified bound the toolkit derives from it.
 
     Build it with :func:`trace_model`; reuse it for every chunk of a run. The model is
@@ -394,165 +392,6 @@ class TracedModel:
         if self.self_check:
             self._check_region(x, eps, jacobian, fisher)
         return RegionBound(jacobian, fisher)
-
-    def certified_radius(self, x: torch.Tensor, labels: torch.Tensor | None = None, *,
-                         steps: int = 16, linear_steps: int = 8, box=None,
-                         upper: torch.Tensor | None = None) -> torch.Tensor:
-        r"""The largest radius within which the prediction provably does not change.
-
-        Along any segment from :math:`x` of length :math:`r`, each class margin
-        :math:`m_j = f_y - f_j` changes by at most :math:`\int_0^r G_j(t)\,dt`, where
-        :math:`G_j(t) \ge \sup_{\|x'-x\| \le t}\|\nabla m_j(x')\|` is the region bound
-        (:mod:`numeric.graph.region`; Clarke's mean value theorem on the segment). With
-        :math:`G_j` non-decreasing, the upper Riemann sum over radii
-        :math:`t_1 < \dots < t_n` bounds the integral, so the largest :math:`t_k` with
-        :math:`m_j(x) > \sum_{i \le k}(t_i - t_{i-1})\,G_j(t_i)` for every :math:`j \ne y`
-        is certified: near :math:`x` the exact gradient counts, not the worst case over the
-        whole ball. The result is never below the global certificate
-        :math:`\min_j m_j / (\sqrt2 L)` (:math:`L` of the centred logits: every gradient of
-        a margin is at most :math:`\sqrt 2 L` everywhere), which also holds. The grid is
-        geometric, from :math:`2^{-12}` to twice the first-order radius
-        :math:`\min_j m_j / G_j(0)`, ``steps`` points per factor 256.
-
-        Where the network is affine, ReLU and 2-d max pooling throughout, linear bound
-        propagation of the margins (:mod:`numeric.graph.crown`; CROWN) certifies a radius
-        too, usually far larger: it bounds the margins' values over the ball instead of
-        their gradients. It bisects (``linear_steps`` passes) between the radius above and
-        ``upper`` (default twice the first-order radius), and the larger radius is
-        returned. With ``box``, the set is the ball intersected with the box (the data's
-        range: the set the attacks search); the region and global certificates hold on the
-        whole ball, so on the intersection too. When ``self_check``, the prediction is
-        verified at a random point of each certified set (the first rows).
-
-        Parameters
-        ----------
-        x : Tensor of shape (B, ...)
-        labels : Tensor of shape (B,), optional
-            The classes to certify (default: the predictions); a row whose prediction
-            differs from its label gets 0.
-        steps : int, default 16
-            Grid points per factor 256 of radius (one region pass over the batch each;
-            about ``1.6 steps`` in all).
-        linear_steps : int, default 8
-            Passes of linear bound propagation (0: none). Each costs about
-            :math:`\sum_k 2N_k \cdot S_k` multiply-adds per row (:math:`N_k` entries of
-            the k-th activation's input, :math:`S_k` the size of the graph before it);
-            about 0.5 s per row and pass for the demo's VGG, 1.5-2 s for its ResNet, on 2 cores.
-            Networks outside its domain, or above :data:`numeric.graph.linearized.WORK_LIMIT`,
-            skip it.
-        box : (float, float), optional
-            The range of every input entry.
-        upper : Tensor of shape (B,), optional
-            A radius known not to be certifiable (an attack's), the top of the bisection.
-
-        Returns
-        -------
-        Tensor of shape (B,), float64
-            Certified radii in the input's Euclidean norm; never above the distance to
-            the nearest input with another prediction.
-        """
-        x, _ = self._region_arguments("certified_radius", x, 0.0)
-        with torch.no_grad():
-            logits = self.model(x.to(self._example.dtype)).detach().to(torch.float64).cpu()
-        predicted = logits.argmax(dim=1)
-        labels = predicted if labels is None else labels.to("cpu").long()
-        margins = logits.gather(1, labels.unsqueeze(1)) - logits
-        others = torch.arange(margins.shape[1]) != labels.unsqueeze(1)
-        correct = (predicted == labels) & (margins.masked_fill(~others, math.inf).amin(1) > 0)
-
-        shared = self._tangents_at(x)    # the centres' exact tangents, in every pass
-
-        def gradients(eps: torch.Tensor) -> torch.Tensor:
-            result = region_pass(self._traced, self._fisher_overrides(), x, eps,
-                                 tangent_cache=shared)
-            values = result.margin_gradients.cpu().clone()
-            values[torch.arange(len(labels)), labels] = 0
-            return values
-
-        first = gradients(torch.zeros(len(labels), dtype=torch.float64))
-        first_order = torch.where(others, margins / first.clamp_min(1e-300),
-                                  torch.full_like(margins, math.inf)).amin(dim=1)
-        span = torch.where(correct & torch.isfinite(first_order), 2 * first_order,
-                           torch.zeros_like(first_order))
-        radius = torch.zeros(len(labels), dtype=torch.float64)
-        spent = torch.zeros_like(margins)
-        previous = torch.zeros(len(labels), dtype=torch.float64)
-        alive = span > 0
-        ratio = 2.0 ** (8.0 / steps)            # `steps` points per factor 256
-        t = span * 2.0 ** -12
-        for _ in range(int(math.ceil(steps * 13 / 8)) + 1):
-            if not bool(alive.any()):
-                break
-            t = torch.where(alive, t, previous)
-            spent = spent + (t - previous).unsqueeze(1) * gradients(t)
-            ok = alive & ((spent < margins) | ~others).all(dim=1)
-            radius = torch.where(ok, t, radius)
-            alive, previous = ok, t
-            t = t * ratio
-        # the global certificate holds too (every margin gradient is at most sqrt(2) L,
-        # L of the centred logits, everywhere): the better of the two
-        steepest = math.sqrt(2.0) * self._lipschitz_value(centred=True)
-        if math.isfinite(steepest) and steepest > 0:
-            floor = margins.masked_fill(~others, math.inf).amin(1) / (steepest * (1 + 1e-12))
-            radius = torch.maximum(radius, floor)
-        radius = torch.where(correct, radius, torch.zeros_like(radius))
-        if linear_steps > 0 and self.linear_reason(x) is None:
-            top = 2 * first_order if upper is None else torch.as_tensor(
-                upper, dtype=torch.float64).reshape(-1).cpu()
-            radius = self.linear_radius(x, labels, radius,
-                                        torch.where(torch.isfinite(top), top, 2 * first_order),
-                                        box=box, steps=linear_steps, self_check=False)
-        if self.self_check:
-            self._check_radius(x, labels, radius, correct, box)
-        return radius
-
-    def linear_radius(self, x: torch.Tensor, labels: torch.Tensor, low: torch.Tensor,
-                      upper: torch.Tensor, *, box=None, steps: int = 8,
-                      self_check: bool | None = None) -> torch.Tensor:
-        """The certified radius of linear bound propagation, bisected in ``[low, upper]``
-        (``low`` already certified; rows with ``low = 0`` and a non-positive margin keep
-        0); see :meth:`certified_radius`. Models outside its domain return ``low``."""
-        low = torch.as_tensor(low, dtype=torch.float64).reshape(-1).cpu().clone()
-        upper = torch.as_tensor(upper, dtype=torch.float64).reshape(-1).cpu()
-        labels = labels.to("cpu").long()
-        rows = torch.nonzero(torch.isfinite(upper) & (upper > low)).reshape(-1)
-        if self.linear_reason(x) is None and len(rows):
-            linear = crown.certified_radius_linear(
-                self._traced, x[rows.to(x.device)], labels[rows], low[rows], upper[rows],
-                box=box, steps=steps)
-            low[rows] = torch.maximum(low[rows], linear)
-        if self.self_check if self_check is None else self_check:
-            self._check_radius(x, labels, low, low > 0, box)
-        return low
-
-    def linear_reason(self, x: torch.Tensor) -> str | None:
-        """None when linear bound propagation (:mod:`numeric.graph.crown`) covers this
-        model, else the reason it does not (one line; the graph's structure decides, so
-        it is found once)."""
-        if self._linear_reason is _UNCHECKED:
-            self._linear_reason = crown.supported_reason(self._traced, x)
-        return self._linear_reason
-
-    def _check_radius(self, x, labels, radius, correct, box) -> None:
-        """The prediction at a random point of each certified set (the first rows)."""
-        rows = x[:SELF_CHECK_ROWS].detach().to(torch.float64).cpu()
-        count = rows.shape[0]
-        generator = torch.Generator().manual_seed(1)
-        direction = torch.randn(rows.shape, generator=generator, dtype=torch.float64)
-        norms = direction.reshape(count, -1).norm(dim=1).reshape(-1, *([1] * (rows.dim() - 1)))
-        reach = radius[:count].clamp_max(1e300).reshape(-1, *([1] * (rows.dim() - 1)))
-        points = rows + reach * direction / norms
-        if box is not None:
-            points = points.clamp(*box)
-        with torch.no_grad():
-            predicted = self._reference()(points.to(self._example.device)).argmax(dim=1).cpu()
-        bad = correct[:count] & (predicted != labels[:count]) & torch.isfinite(radius[:count])
-        if bool(bad.any()):
-            row = int(torch.nonzero(bad)[0])
-            raise UnsoundBoundError(
-                f"certified_radius: the prediction changes at distance "
-                f"{float(radius[row]):.6g} from row {row}, inside its certified radius; "
-                f"this is a bug in fimbound. {self._detail()}")
 
     def _fisher_overrides(self) -> dict:
         overrides = dict(self._centring) if self.options.centre_logits else {}

@@ -23,7 +23,10 @@ from numeric.errors import UnsoundBoundError
 from numeric.graph.softmax import probabilities, weighted_rows
 
 __all__ = ["float64_copy", "exact_jacobians", "exact_jacobian_norms", "exact_fisher_top",
-           "nearby_points", "verify"]
+           "nearby_points", "verify", "SELF_CHECK_ROWS"]
+
+#: Rows of a batch measured by the self-check of a local or region bound or a radius.
+SELF_CHECK_ROWS = 4
 
 
 def float64_copy(model: nn.Module) -> nn.Module:

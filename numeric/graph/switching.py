@@ -60,6 +60,7 @@ import torch
 import torch.nn.functional as F
 
 from numeric.graph.crown import ROUNDING, LinearBounds, _pool_vjp, _unfold
+from numeric.graph.tangent import gram_spectral_norm
 
 __all__ = ["switching_jacobian_bound", "BallBounds"]
 
@@ -69,12 +70,7 @@ _WIDEN = 1e-9
 
 def _spectral(matrix: torch.Tensor) -> float:
     """Certified-up-to-rounding spectral norm of one 2-d matrix (0 when empty)."""
-    if matrix.numel() == 0:
-        return 0.0
-    gram = matrix @ matrix.T if matrix.shape[0] <= matrix.shape[1] else matrix.T @ matrix
-    top = float(torch.linalg.eigvalsh(gram)[-1].clamp_min(0))
-    slack = max(1e-12, 16 * max(matrix.shape) * 2.0 ** -53) * float(matrix.pow(2).sum())
-    return math.sqrt(top + slack) * (1 + _WIDEN)
+    return gram_spectral_norm(matrix) * (1 + _WIDEN)
 
 
 class _Switch:
@@ -95,6 +91,7 @@ class _Switch:
             return
         kernel, stride, padding, dilation = g.pool[node]
         centre = g.values[self.source]
+        self.select = _pool_vjp(centre, kernel, stride, padding, dilation)
         windows = _unfold(centre, kernel, stride, padding, dilation, -math.inf)  # (1,C,k,L)
         chosen = windows.argmax(dim=2, keepdim=True)
         low_w = _unfold(low, kernel, stride, padding, dilation, -math.inf)
@@ -127,7 +124,8 @@ def _fold(windows, shape, kernel, stride, padding, dilation):
 def _pull(g, start, lam: torch.Tensor, switches: dict) -> tuple[dict, torch.Tensor]:
     """Backward pass of the centre's linearization from ``start`` with cotangents ``lam``
     (R, 1, *shape): the cotangent at every switch's output (R, entries), and at the
-    input (R, d)."""
+    input (R, d). ``switches`` maps each switch node to its :class:`_Switch`, which holds
+    a max pool's selection at the centre."""
     position = g.order.index(start)
     pending = {start: lam}
     at_switch = {}
@@ -149,7 +147,7 @@ def _pull(g, start, lam: torch.Tensor, switches: dict) -> tuple[dict, torch.Tens
         if kind == "relu":
             pulled = lam * (centre > 0).to(lam.dtype)
         else:
-            pulled = _pool_vjp(centre, *g.pool[node])(lam)
+            pulled = switches[node].select(lam)
         pending[source] = pulled if source not in pending else pending[source] + pulled
     return at_switch, torch.zeros(lam.shape[0], math.prod(g.values[g.order[0]].shape[1:]),
                                   dtype=lam.dtype, device=lam.device)

@@ -36,7 +36,7 @@ def _model(name: str, variant: int):
 
 
 @st.composite
-def cases(draw, names=tuple(sorted(idiom_models.TEMPLATES))):
+def cases(draw, names=tuple(idiom_models.NAMES)):
     name = draw(st.sampled_from(names))
     variant = draw(st.integers(0, 2))
     seed = draw(st.integers(0, 2 ** 31 - 1))
@@ -81,14 +81,10 @@ def export_cache():
     monkeypatch.undo()
 
 
-#: One test per template (a share of the 1,000 cases each), so parallel workers split the
-#: sweep and each exports only its own template's structures.
-_TEMPLATES = sorted(idiom_models.TEMPLATES)
-_PER_TEMPLATE = -(-1000 // len(_TEMPLATES))
-
-
-@pytest.mark.parametrize("template", _TEMPLATES)
-@settings(max_examples=_PER_TEMPLATE)
+# one test per template (a share of the cases each): parallel workers split the sweep,
+# each exporting only its own template's structures
+@pytest.mark.parametrize("template", idiom_models.NAMES)
+@settings(max_examples=idiom_models.per_template(1000))
 @given(data=st.data())
 def test_random_idiom_models_are_never_below_exact(export_cache, template, data):
     _check(data.draw(cases((template,)), label="case"))

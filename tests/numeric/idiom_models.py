@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["TEMPLATES", "build", "randomize", "input_shape"]
+__all__ = ["TEMPLATES", "NAMES", "build", "randomize", "input_shape", "per_template"]
 
 
 class ScaledLinear(nn.Linear):
@@ -206,6 +206,15 @@ TEMPLATES = {"mlp": Mlp, "cnn": Cnn, "residual": Residual, "tokens": Tokens,
              "pools": Pools, "products": Products, "dense": Dense}
 _SHAPES = {"mlp": (6,), "cnn": (2, 6, 6), "residual": (6,), "tokens": (12,),
            "pools": (2, 4, 4), "products": (6,), "dense": (2, 4, 4)}
+
+
+#: The template names in a fixed order (one parametrized test each in the sweeps).
+NAMES = sorted(TEMPLATES)
+
+
+def per_template(total: int) -> int:
+    """Cases per template so that a sweep split by template runs at least ``total``."""
+    return -(-total // len(NAMES))
 
 
 def input_shape(name: str) -> tuple[int, ...]:
