@@ -317,6 +317,18 @@ def _explain(err: BaseException) -> str:
     return f"{name}: {text}{at}"
 
 
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The module that computes: ``nn.DataParallel``/``DistributedDataParallel`` and
+    ``torch.compile`` wrappers run their inner module's function unchanged."""
+    while True:
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif type(model).__name__ == "OptimizedModule" and hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
 def export_model(model: nn.Module, example_input: torch.Tensor,
                  leaf_types: tuple[type, ...] = ()) -> Exported:
     """Export ``model`` at the shape of one row of ``example_input``.
@@ -336,6 +348,11 @@ def export_model(model: nn.Module, example_input: torch.Tensor,
         The model cannot be exported; the message says why in one line and names the line
         of the model's code.
     """
+    model = unwrapped(model)
+    if isinstance(model, torch.jit.ScriptModule):
+        raise TraceError(f"module_graph: {type(model).__name__} is a TorchScript module, "
+                         f"which torch.export cannot trace; pass the nn.Module it was "
+                         f"scripted from.")
     row = example_input[:1]
     x = row.expand(2, *row.shape[1:]).clone()
     calls: list = []

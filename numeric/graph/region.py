@@ -54,7 +54,7 @@ from numeric.graph.softmax import probabilities, weighted_rows
 from numeric.graph.rules.attention import slow_forward
 from numeric.graph.kinds import _substitute
 from numeric.graph.tangent import (LINEAR_OPS, TANGENT_LIMIT, frobenius, input_tangents,
-                                   jvp_of, row_norms, spectral_of_rows)
+                                   jvp_of, kinked, row_norms, spectral_of_rows)
 from numeric.graph.trace import TracedGraph, _Runner
 
 __all__ = ["RegionResult", "region_pass", "softmax_curvature_over_box",
@@ -264,12 +264,15 @@ class _RegionRunner(_Runner):
             else:
                 # at a point (eps = 0) a smooth operation spreads the Clarke Jacobian of its
                 # input by at most its own Jacobian norm (chain rule for a C^1 outer map):
-                # the recursion's value; over a ball, only the triangle inequality
+                # the recursion's value; over a ball, and at a point for an operation with
+                # kinks (abs, clamps, maxima: its own Clarke Jacobian has several
+                # elements there), only the triangle inequality
                 trivial = self.L[key] + (_rescaled(frobenius(
                     tangent, info_rows, self.batch) * (1 + 1e-12),
                     self.traced.value_shrink.get(key, 1.0))
                     if tangent is not None else self.L[key])
-                self.delta[key] = torch.where(self.eps == 0, self.delta[key], trivial)
+                smooth = (self.eps == 0) & (not kinked(spec))
+                self.delta[key] = torch.where(smooth, self.delta[key], trivial)
         if tangent is None:
             return
         self.T[node.name] = tangent
@@ -591,4 +594,9 @@ def exact_centre_bounds(result: RegionResult, eps: torch.Tensor
     change = change.scatter(1, top, torch.maximum(own, others))
     spread = change.amax(dim=1) + 2 * change.norm(dim=1)
     root = (exact + spread * norm ** 2).sqrt() + kappa.sqrt() * delta
-    return jacobian, root ** 2 * CERTIFICATION_FACTOR
+    # no variation bound (an operation without a region form): nothing but infinity
+    # (0 * inf above would be NaN, which every comparison passes)
+    unknown = ~torch.isfinite(delta)
+    infinite = torch.full_like(jacobian, math.inf)
+    return (torch.where(unknown, infinite, jacobian),
+            torch.where(unknown, infinite, root ** 2 * CERTIFICATION_FACTOR))

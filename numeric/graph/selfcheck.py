@@ -76,11 +76,12 @@ def nearby_points(x: torch.Tensor, count: int, generator: torch.Generator) -> to
 
 
 def verify(what: str, bounds: torch.Tensor, measured: torch.Tensor, detail: str) -> None:
-    """Raise :class:`UnsoundBoundError` where a bound is below the measured value."""
+    """Raise :class:`UnsoundBoundError` where a bound is below the measured value or NaN."""
     bounds = torch.as_tensor(bounds, dtype=torch.float64).reshape(-1)
     measured = measured.reshape(-1).to(torch.float64).cpu()
     bounds = bounds.expand_as(measured) if bounds.numel() == 1 else bounds
-    bad = torch.nonzero(bounds < measured).reshape(-1)
+    # a NaN bound bounds nothing (and passes every comparison): a bug like one below
+    bad = torch.nonzero((bounds < measured) | torch.isnan(bounds)).reshape(-1)
     if bad.numel():
         i = int(bad[0])
         raise UnsoundBoundError(

@@ -202,7 +202,7 @@ def _margins(state: LinearBounds) -> torch.Tensor:
 
 
 class BallBounds(NamedTuple):
-    """``jacobian`` (B,): bounds on :math:`\sup\|CJ(x')\|_2` over each ball; ``margins``
+    r"""``jacobian`` (B,): bounds on :math:`\sup\|CJ(x')\|_2` over each ball; ``margins``
     (B, K): lower bounds of :math:`f_y - f_j` over it, ``y`` the centre's prediction (its
     own column inf)."""
 

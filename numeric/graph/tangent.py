@@ -31,7 +31,7 @@ import warnings
 import torch
 
 __all__ = ["TANGENT_LIMIT", "input_tangents", "jvp_of", "row_norms", "frobenius",
-           "spectral_of_rows", "LINEAR_OPS"]
+           "spectral_of_rows", "LINEAR_OPS", "kinked"]
 
 #: Largest number of input entries per row for which the region pass tracks exact
 #: Jacobians (the tangents take ``B * d`` times an activation's memory).
@@ -40,6 +40,24 @@ TANGENT_LIMIT = 1024
 #: Graph ops whose Jacobian is a constant matrix.
 LINEAR_OPS = ("linear", "conv", "batchnorm", "avgpool", "scale", "identity", "reshape",
               "permute", "select", "flatten", "add", "concat")
+
+
+#: Calls of piecewise-smooth operations without a region rule of their own (their Clarke
+#: Jacobian at a kink holds several elements, so no chain rule for C^1 maps applies).
+_KINKED_CALLS = {f"aten.{name}" for name in (
+    "abs.default", "clamp.default", "clamp.Tensor", "clamp_min.default", "clamp_max.default",
+    "clamp_min.Tensor", "clamp_max.Tensor", "maximum.default", "minimum.default",
+    "fmax.default", "fmin.default")}
+
+
+def kinked(spec) -> bool:
+    """Whether a node may have a kink: the calls above, maxima over dimensions or windows
+    (graph op ``maxpool``) and choices between operands (kind ``choose``); an unknown
+    node counts as kinked."""
+    if spec is None:
+        return True
+    return spec.kind == "choose" or spec.op == "maxpool" or \
+        spec.params.get("call") in _KINKED_CALLS
 
 
 def input_tangents(x: torch.Tensor) -> torch.Tensor:
@@ -81,7 +99,7 @@ def frobenius(tangent: torch.Tensor, rows, batch: int) -> torch.Tensor:
 
 
 def gram_spectral_norm(matrix: torch.Tensor) -> float:
-    """:math:`\|M\|_2` of one 2-d float64 matrix from the top eigenvalue of its smaller
+    r""":math:`\|M\|_2` of one 2-d float64 matrix from the top eigenvalue of its smaller
     Gram matrix, plus an allowance for the rounding of the Gram products and of the
     eigensolver (:math:`\max(10^{-12}, 16 n u)\|M\|_F^2` on the square, :math:`n` the
     longer side); 0 for an empty matrix. Cost: :math:`O(mn\min(m, n))`."""

@@ -57,6 +57,24 @@ _CONSTANT_LIKE = {torch.ops.aten.zeros_like, torch.ops.aten.ones_like,
 _UNINITIALISED = {torch.ops.aten.empty, torch.ops.aten.empty_like, torch.ops.aten.new_empty,
                   torch.ops.aten.empty_strided, torch.ops.aten.empty_permuted}
 #: Operators that read only the shape of their input.
+#: Random operators that draw nothing when their ``train`` argument is False.
+_DROPOUTS = {torch.ops.aten.dropout, torch.ops.aten.feature_dropout,
+             torch.ops.aten.alpha_dropout, torch.ops.aten.feature_alpha_dropout,
+             torch.ops.aten.native_dropout}
+
+
+def _draws_random_numbers(node: fx.Node) -> bool:
+    """Whether the operation draws random numbers (its operator is tagged so by torch)."""
+    target = node.target
+    if not isinstance(target, torch._ops.OpOverload) or \
+            torch.Tag.nondeterministic_seeded not in target.tags:
+        return False
+    if target.overloadpacket in _DROPOUTS:
+        train = node.kwargs.get("train", node.args[2] if len(node.args) > 2 else True)
+        return train is not False
+    return True
+
+
 _SHAPE_OPS = {torch.ops.aten.sym_size.int, torch.ops.aten.sym_numel.default,
               torch.ops.aten.sym_stride.int, torch.ops.aten.sym_storage_offset.default,
               torch.ops.aten.sym_size, torch.ops.aten.sym_numel,
@@ -258,16 +276,17 @@ class _Runner(KindBuilders, ProductBuilder):
         traced = any(info.kind in ("traced", "tuple", "pending") for info in infos)
         dependent = any(info.kind == "dependent" for info in infos)
         target = node.target
-        if target in _SHAPE_OPS or (not traced and not dependent):
-            return _Info("constant")
-        packet = getattr(target, "overloadpacket", None)
-        if isinstance(target, torch._ops.OpOverload) and \
-                torch.Tag.nondeterministic_seeded in target.tags:
+        if _draws_random_numbers(node):
+            # before the constant shortcut: a mask or a noise scale drawn without the input
+            # (dropout2d's per-channel mask, torch.rand(())) changes every call just as much
             raise UnsupportedModuleError(
                 f"module_graph: cannot bound {self._where(node)}: it draws random numbers "
                 f"(dropout in training mode, or noise), so the model is not one function "
                 f"of its input and its Fisher information is undefined; call model.eval() "
                 f"or remove it.")
+        if target in _SHAPE_OPS or (not traced and not dependent):
+            return _Info("constant")
+        packet = getattr(target, "overloadpacket", None)
         if target in _CONSTANT_LIKE or packet in _CONSTANT_LIKE:
             return _Info("constant")
         if not _is_tensor_like(result) or (isinstance(result, torch.Tensor)
@@ -393,8 +412,17 @@ class _Runner(KindBuilders, ProductBuilder):
             self.traced.lazy.add(key)
         elif spec.lipschitz is not None:
             attrs["lipschitz"] = float(spec.lipschitz)
+        distinct = []
+        for index, pred in enumerate(preds):
+            if pred in distinct:
+                # one graph node used twice (x and -x, a sign flip adds no node): the
+                # graph holds one edge per pair, so each further use gets its own node,
+                # else the rules would count it once (cat([h, -h]) as h alone)
+                pred = self._unit(f"{key}_use{index}", pred, 1.0, node,
+                                  "another use of the same value")
+            distinct.append(pred)
         self.G.add_node(key, **attrs)
-        for pred in preds:
+        for pred in distinct:
             self.G.add_edge(pred, key)
         self.traced.specs[key] = spec
 

@@ -56,7 +56,72 @@ def _attention(module_class=nn.MultiheadAttention, norm=True, residual=False):
     return Lambda(forward, norm_layer, attention)
 
 
+class _Counter(nn.Module):
+    """A step counter used as a temperature: every call changes the function."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("calls", torch.zeros(()))
+
+    def forward(self, x):
+        self.calls += 1
+        return x[:, :3] * self.calls
+
+
+def _weight_editing_hook():
+    model = Lambda(lambda self, x: self.layers[0](x), nn.Linear(6, 3))
+
+    def hook(module, args):
+        with torch.no_grad():
+            module.layers[0].weight.mul_(2)
+    model.register_forward_pre_hook(hook)
+    return model
+
+
+def _python_random():
+    import random
+    return Lambda(lambda self, x: x[:, :3] * (1 + random.random()))
+
+
+class _WrongBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x * 3
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+def _no_grad_branch(self, x):
+    with torch.no_grad():
+        cut = self.layers[0](x)
+    return cut - self.layers[0](x) + x[:, :3]
+
+
 CATALOGUE = [
+    # 13. not one function of the input, or autograd not its derivative (red team)
+    ("scale_drawn_without_input", Lambda(lambda self, x: x[:, :3] * (1 + torch.rand(()))),
+     UnsupportedModuleError, r"draws random numbers"),
+    ("dropout2d_training", Lambda(lambda self, x: F.dropout2d(
+        x.reshape(-1, 6, 1, 1), 0.5, True).flatten(1)[:, :3]),
+     UnsupportedModuleError, r"draws random numbers"),
+    ("alpha_dropout_training", Lambda(lambda self, x: F.alpha_dropout(x, 0.5, True)[:, :3]),
+     UnsupportedModuleError, r"draws random numbers"),
+    ("python_random", _python_random(), UnsupportedModuleError,
+     r"two calls of .* gave logits .* apart"),
+    ("counter_buffer", _Counter(), UnsupportedModuleError, r"two calls .* changes its own"),
+    ("hook_editing_weights", _weight_editing_hook(), UnsupportedModuleError,
+     r"two calls .* changes its own"),
+    ("straight_through_detach", Lambda(lambda self, x: (x + (x.relu() - x).detach())[:, :3]),
+     UnsupportedModuleError, r"autograd's gradient .* differs|detach\(\) cuts"),
+    ("no_grad_branch", Lambda(_no_grad_branch, nn.Linear(6, 3)), UnsupportedModuleError,
+     r"autograd's gradient .* differs"),
+    ("custom_function_wrong_backward", Lambda(lambda self, x: _WrongBackward.apply(x)[:, :3]),
+     UnsupportedModuleError, r"autograd's gradient .* differs"),
+    ("bfloat16_round_trip", Lambda(lambda self, x: x.to(torch.bfloat16).to(x.dtype)[:, :3]),
+     UnsupportedModuleError, r"rounds an input-dependent value to torch.bfloat16"),
+
     # 5. Python numbers computed from the input
     ("item_of_input", Lambda(lambda self, x: x[:, :3] * x[0].abs().sum().item()),
      UnsupportedModuleError, r"computed from the input but has no derivative"),

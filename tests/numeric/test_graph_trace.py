@@ -478,3 +478,83 @@ def test_region_bounds_hold_on_folded_batchnorm_chains(first, gain):
     with torch.no_grad():
         moved = model(x + 0.999 * radius.reshape(-1, 1, 1, 1) * direction).argmax(1)
     assert bool((moved == labels).all())
+
+
+def test_a_data_parallel_wrapper_is_traced_as_its_module():
+    torch.manual_seed(0)
+    inner = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)).double().eval()
+    x = torch.randn(3, 6, dtype=torch.float64)
+    wrapped = trace_model(nn.DataParallel(inner), x).fisher_bound()
+    assert wrapped == trace_model(inner, x).fisher_bound()
+
+
+def _kink_model(name: str) -> nn.Module:
+    """Linear(8, 12) without bias -> an operation with a kink at 0 -> Linear(12, 4)."""
+    class Kinked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(8, 12, bias=False)
+            self.c = nn.Linear(8, 12, bias=False)
+            self.b = nn.Linear(12, 4)
+
+        def forward(self, x):
+            h = self.a(x)
+            if name == "abs":
+                return self.b(h.abs())
+            if name == "clamp_min":
+                return self.b(h.clamp_min(0.0))
+            if name == "maximum_of_two":
+                return self.b(torch.maximum(h, self.c(x)))
+            return self.b(torch.cat([h, -h], dim=1).reshape(-1, 12, 2).amax(dim=2))
+    return Kinked()
+
+
+@pytest.mark.parametrize("name", ["abs", "clamp_min", "maximum_of_two", "amax"])
+def test_local_bounds_cover_both_sides_of_kinks(name):
+    # every pre-activation exactly on its kink (zero input, no bias): the local bound must
+    # cover the one-sided Jacobians a hair away (Clarke), not only autograd's choice at 0
+    torch.manual_seed(5)
+    model = _kink_model(name).double().eval()
+    x = torch.zeros(1, 8, dtype=torch.float64)
+    bound = float(trace_model(model, x).local_fisher_bound(x)[0])
+    generator = torch.Generator().manual_seed(0)
+    near = torch.zeros(30, 8, dtype=torch.float64)
+    near += 1e-10 * torch.randn(near.shape, generator=generator, dtype=torch.float64)
+    assert bound >= float(exact_top_eigenvalue(model, near).max()) * (1 - 1e-9)
+
+
+_SHARED_USES = {
+    "cat_with_negation": lambda h: torch.cat([h, -h], 1),
+    "difference_with_negation": lambda h: torch.cat([h - (-h), h], 1),
+    "maximum_with_negation": lambda h: torch.cat([torch.maximum(h, -h), h], 1),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_SHARED_USES))
+def test_one_value_used_twice_is_counted_twice(name):
+    # a sign flip adds no graph node, so cat([h, -h]) once had one edge from h: counted
+    # once, its bound fell below the exact norm by sqrt(2) when the next layer adds both
+    # copies (rank-one weights aligned so the product attains the product of norms)
+    generator = torch.Generator().manual_seed(0)
+    u, v, w = (torch.randn(n, generator=generator, dtype=torch.float64) for n in (12, 8, 4))
+
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(8, 12)
+            self.b = nn.Linear(24, 4)
+
+        def forward(self, x):
+            return self.b(_SHARED_USES[name](self.a(x)))
+
+    model = Shared().double().eval()
+    with torch.no_grad():
+        model.a.weight.copy_(torch.outer(u, v))
+        sign = -1.0 if name == "cat_with_negation" else 1.0
+        model.b.weight.copy_(torch.cat([torch.outer(w, u), sign * torch.outer(w, u)], 1))
+    x = torch.randn(3, 8, generator=generator, dtype=torch.float64)
+    traced = trace_model(model, x, self_check=False)
+    assert traced.lipschitz_bound("output") >= float(
+        exact_jacobian_norms(model, x, centred=False).max()) * (1 - 1e-12)
+    centred = exact_jacobian_norms(model, x, centred=True)
+    assert bool((traced.region_bound(x, 0.0).jacobian >= centred * (1 - 1e-12)).all())

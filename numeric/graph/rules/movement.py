@@ -10,10 +10,14 @@ the concatenation rule over their parts). The tracer does not trust the operator
 it replays the call on encoded entries (:func:`numeric.graph.rows.replay_movement`),
 which proves that it is a movement and counts the copies exactly; copies across a
 broadcast (``x[:, :1].expand_as(x)``) are counted the same way. Pure dtype and memory
-conversions (``clone``, ``_to_copy``, ``alias``, ``detach``) are the identity.
+conversions (``clone``, ``_to_copy``, ``alias``) are the identity; refused: ``detach`` of an
+input-dependent value (autograd's Jacobian would not be the function's derivative) and a
+cast to a float type of fewer than 32 bits (a rounding step function).
 """
 
 from __future__ import annotations
+
+import torch
 
 from numeric.graph.registry import NodeSpec, RuleContext, register_rule
 from numeric.graph.rules.common import aten
@@ -65,10 +69,28 @@ def _movement(ctx: RuleContext) -> NodeSpec:
 
 
 def _identity(ctx: RuleContext) -> NodeSpec:
-    if ctx.node.target is aten.dropout.default and ctx.arg("train"):
-        from numeric.graph.registry import unsupported
+    from numeric.graph.registry import unsupported
+    target = ctx.node.target
+    if target is aten.dropout.default and ctx.arg("train"):
         raise unsupported(ctx, "dropout in training mode is random, so the model is not one "
                                "function of its input; call model.eval()")
+    if target is aten.detach.default:
+        # the value passes, the derivative does not: autograd's Jacobian (what every
+        # estimator measures) is then not the derivative of the function computed (a
+        # straight-through estimator), and no single bound is right for both
+        raise unsupported(ctx, "detach() cuts the derivative of an input-dependent value "
+                               "(a straight-through estimator?), so autograd's Jacobian is "
+                               "not the derivative of the function the model computes; "
+                               "remove the detach")
+    dtype = ctx.node.kwargs.get("dtype")
+    if target is aten._to_copy.default and isinstance(dtype, torch.dtype) and \
+            dtype.is_floating_point and torch.finfo(dtype).bits < 32:
+        # rounding to a few significant bits is a step function: its jumps (a part in
+        # 2^8 for bfloat16) are invisible to a derivative, and a radius or value bound
+        # computed from derivatives would step over them
+        raise unsupported(ctx, f"it rounds an input-dependent value to {dtype} (a step "
+                               f"function: derivative bounds say nothing about its jumps); "
+                               f"run that part in float32 or float64")
     return NodeSpec("identity", kind="alias")
 
 
