@@ -294,8 +294,14 @@ def _pgd(chunk: Chunk) -> dict:
 
 def _global_radii(chunk: Chunk) -> list[float]:
     lipschitz = chunk.info.lipschitz
+    if chunk.traced.radius_reason() is not None:
+        return [0.0] * len(chunk.pred)   # a jump: no radius follows from derivatives
+    # the float64 copy's margins of the predictions, less a rounding allowance: the
+    # function the bounds are about (a float32 model's logits round differently)
+    margins, _ = chunk.traced.certified_margins(chunk.x, chunk.pred)
+    others = torch.arange(margins.shape[1]) != chunk.pred.cpu().unsqueeze(1)
     radii = []
-    for margin in chunk.margin.tolist():
+    for margin in margins.masked_fill(~others, math.inf).amin(dim=1).tolist():
         if margin <= 0:  # a tie: the prediction is already ambiguous
             radii.append(0.0)
         elif lipschitz == 0:  # constant logits: nothing changes the prediction
@@ -325,8 +331,9 @@ def _certified_radius(chunk: Chunk) -> dict:
     if steps > 0:
         x = chunk.x.detach()
         try:
-            region = chunk.traced.certified_radius(x, chunk.pred, steps=steps,
-                                                   linear_steps=0).tolist()
+            if chunk.traced.radius_reason() is None:
+                region = chunk.traced.certified_radius(x, chunk.pred, steps=steps,
+                                                       linear_steps=0).tolist()
             region_bound = chunk.traced.region_bound(
                 x, torch.tensor(eps, dtype=torch.float64),
                 linear=None if chunk.settings.linear_steps > 0 else False).fisher.tolist()
@@ -335,7 +342,8 @@ def _certified_radius(chunk: Chunk) -> dict:
             # (a failed self-check, UnsoundBoundError, is never swallowed)
             pass
     best = [g if r is None else max(g, r) for g, r in zip(radii, region)]
-    if chunk.settings.linear_steps > 0 and chunk.traced.linear_reason(chunk.x) is None:
+    if chunk.settings.linear_steps > 0 and chunk.traced.radius_reason() is None and \
+            chunk.traced.linear_reason(chunk.x) is None:
         # over the ball and the attack's box, bisected below the attack radius
         linear = chunk.traced.linear_radius(
             chunk.x.detach(), chunk.pred, torch.tensor(best, dtype=torch.float64),

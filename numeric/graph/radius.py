@@ -13,13 +13,15 @@ import math
 
 import torch
 
-from numeric.errors import UnsoundBoundError
+from numeric.errors import UnsoundBoundError, UnsupportedModuleError
 from numeric.graph import crown
 from numeric.graph.region import region_pass
 from numeric.graph.selfcheck import SELF_CHECK_ROWS
 
 __all__ = ["CertifiedRadii"]
 
+#: Relative allowance for float64 rounding of the logits at a point (of the largest one).
+MARGIN_ROUNDING = 1e-10
 #: ``linear_reason`` not yet found.
 _UNCHECKED = object()
 
@@ -84,11 +86,9 @@ class CertifiedRadii:
             the nearest input with another prediction.
         """
         x, _ = self._region_arguments("certified_radius", x, 0.0)
-        with torch.no_grad():
-            logits = self.model(x.to(self._example.dtype)).detach().to(torch.float64).cpu()
-        predicted = logits.argmax(dim=1)
+        self._refuse_jumps("certified_radius")
+        margins, predicted = self.certified_margins(x, labels)
         labels = predicted if labels is None else labels.to("cpu").long()
-        margins = logits.gather(1, labels.unsqueeze(1)) - logits
         others = torch.arange(margins.shape[1]) != labels.unsqueeze(1)
         correct = (predicted == labels) & (margins.masked_fill(~others, math.inf).amin(1) > 0)
 
@@ -156,6 +156,49 @@ class CertifiedRadii:
         if self.self_check if self_check is None else self_check:
             self._check_radius(x, labels, low, low > 0, box)
         return low
+
+    def certified_margins(self, x: torch.Tensor, labels: torch.Tensor | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""Lower bounds of the margins :math:`f_y(x) - f_j(x)` at the points themselves,
+        and the predictions, from the float64 copy of the model (the function every bound
+        is about; a float32 or half model's own logits round differently).
+
+        The float64 logits are lowered by :data:`MARGIN_ROUNDING` times each row's largest
+        logit (an allowance for float64 rounding, like the toolkit's others: an estimate,
+        not a proof). Returns ``(margins, predicted)``: (B, K) float64 with the label's
+        column 0 (labels default to the float64 predictions), and (B,).
+        """
+        with torch.no_grad():
+            logits = self._reference()(x.detach().to(self._example.device, torch.float64))
+        logits = logits.detach().to(torch.float64).cpu()
+        predicted = logits.argmax(dim=1)
+        labels = predicted if labels is None else labels.to("cpu").long()
+        slack = MARGIN_ROUNDING * logits.abs().amax(dim=1, keepdim=True)
+        margins = logits.gather(1, labels.unsqueeze(1)) - logits - 2 * slack
+        margins[torch.arange(len(labels)), labels] = 0.0
+        return margins, predicted
+
+    def radius_reason(self) -> str | None:
+        """None when the model's value is continuous in its input (every radius
+        certificate integrates derivative bounds, which cannot see a jump), else the
+        first jump found, in words."""
+        for key, data in self._traced.G.nodes(data=True):
+            if data.get("op") == "softplus":
+                params = data.get("params", {})
+                beta, threshold = params.get("beta", 1.0), params.get("threshold", 20.0)
+                jump = math.log1p(math.exp(-threshold)) / beta if threshold < 745 else 0.0
+                if jump > 0:
+                    return (f"softplus (node {key!r}) jumps by {jump:.3g} where beta*x "
+                            f"crosses threshold={threshold:g} (torch switches to the "
+                            f"identity there), and a radius from derivative bounds cannot "
+                            f"see a jump; use threshold >= 745 (no jump in float64) or an "
+                            f"activation without one")
+        return None
+
+    def _refuse_jumps(self, caller: str) -> None:
+        reason = self.radius_reason()
+        if reason is not None:
+            raise UnsupportedModuleError(f"{caller}: no certified radius: {reason}.")
 
     def linear_reason(self, x: torch.Tensor) -> str | None:
         """None when linear bound propagation (:mod:`numeric.graph.crown`) covers this
