@@ -407,20 +407,21 @@ class _Runner(KindBuilders, ProductBuilder):
                  "label": spec.label, "module": self.traced.exported.module_path(node),
                  "aten": describe_target(node.target) if node.target is not LEAF_OP
                  else "leaf"}
-        self.traced.created.setdefault(node.name, []).append(key)
-        if callable(spec.lipschitz):
-            self.traced.lazy.add(key)
-        elif spec.lipschitz is not None:
-            attrs["lipschitz"] = float(spec.lipschitz)
         distinct = []
         for index, pred in enumerate(preds):
             if pred in distinct:
                 # one graph node used twice (x and -x, a sign flip adds no node): the
                 # graph holds one edge per pair, so each further use gets its own node,
-                # else the rules would count it once (cat([h, -h]) as h alone)
+                # else the rules would count it once (cat([h, -h]) as h alone); made
+                # first, so that passes over `created` meet them before this node
                 pred = self._unit(f"{key}_use{index}", pred, 1.0, node,
                                   "another use of the same value")
             distinct.append(pred)
+        self.traced.created.setdefault(node.name, []).append(key)
+        if callable(spec.lipschitz):
+            self.traced.lazy.add(key)
+        elif spec.lipschitz is not None:
+            attrs["lipschitz"] = float(spec.lipschitz)
         self.G.add_node(key, **attrs)
         for pred in distinct:
             self.G.add_edge(pred, key)

@@ -89,13 +89,15 @@ class Cnn(nn.Module):
 
 
 class Residual(nn.Module):
-    """Residual sums, expand copies, concatenation, split, slice assignment, roll, flip."""
+    """Residual sums, expand copies, concatenation, split, slice assignment, roll, flip,
+    one value used twice under a sign flip (``cat([y, -y])``, CReLU)."""
 
     def __init__(self, variant: int):
         super().__init__()
         self.variant = variant
         self.a = nn.Linear(6, 6)
         self.b = nn.Linear(12, 6)
+        self.c = nn.Linear(12, 6)
         self.head = nn.Linear(6, 3)
 
     def forward(self, x):
@@ -106,7 +108,9 @@ class Residual(nn.Module):
         y = self.b(torch.cat([right.flip(1), torch.roll(left, 2, dims=1)], 1))
         out = y.clone()
         out[:, ::2] = 3 * y[:, ::2]
-        if self.variant == 1:
+        if self.variant == 0:
+            out = out + self.c(torch.cat([y, -y], dim=1))
+        elif self.variant == 1:
             out = out - out.mean(dim=-1, keepdim=True)
         elif self.variant == 2:
             out = torch.maximum(out, torch.zeros_like(out) + 0.1) + torch.abs(x)
