@@ -56,6 +56,10 @@ _CONSTANT_LIKE = {torch.ops.aten.zeros_like, torch.ops.aten.ones_like,
 #: Operators whose result is uninitialised memory.
 _UNINITIALISED = {torch.ops.aten.empty, torch.ops.aten.empty_like, torch.ops.aten.new_empty,
                   torch.ops.aten.empty_strided, torch.ops.aten.empty_permuted}
+#: Operators that make a tensor from nothing but sizes and values (their ``dtype`` follows
+#: the pass's, like the lifted constants).
+_CREATION = _UNINITIALISED | _CONSTANT_LIKE | {
+    torch.ops.aten.zeros, torch.ops.aten.ones, torch.ops.aten.full, torch.ops.aten.arange}
 #: Operators that read only the shape of their input.
 #: Random operators that draw nothing when their ``train`` argument is False.
 _DROPOUTS = {torch.ops.aten.dropout, torch.ops.aten.feature_dropout,
@@ -233,6 +237,12 @@ class _Runner(KindBuilders, ProductBuilder):
     def _evaluate(self, node: fx.Node, dtype: torch.dtype):
         args = fx.node.map_arg(node.args, lambda n: self.env[n])
         kwargs = fx.node.map_arg(node.kwargs, lambda n: self.env[n])
+        made = kwargs.get("dtype")
+        if getattr(node.target, "overloadpacket", None) in _CREATION and \
+                isinstance(made, torch.dtype) and made.is_floating_point and made != dtype:
+            # a buffer the export created in the model's dtype (circular padding's): made
+            # in this pass's, like the lifted constants, or float64 values meet float32
+            kwargs = {**kwargs, "dtype": dtype}
         try:
             if node.target is LEAF_OP:
                 call = self.traced.exported.calls[args[1]]

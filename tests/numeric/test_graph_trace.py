@@ -558,3 +558,16 @@ def test_one_value_used_twice_is_counted_twice(name):
         exact_jacobian_norms(model, x, centred=False).max()) * (1 - 1e-12)
     centred = exact_jacobian_norms(model, x, centred=True)
     assert bool((traced.region_bound(x, 0.0).jacobian >= centred * (1 - 1e-12)).all())
+
+
+def test_float32_circular_padding_runs_in_the_float64_passes():
+    # the export makes circular padding's buffer with dtype=float32 written in; the float64
+    # passes met float64 weights with it ("Input type ... and weight type ... should be
+    # the same")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, padding_mode="circular"),
+                          nn.Flatten(), nn.Linear(128, 3)).eval()
+    x = torch.rand(2, 1, 8, 8)
+    traced = trace_model(model, x)
+    assert bool((traced.region_bound(x, 0.1).jacobian > 0).all())
+    assert bool((traced.certified_radius(x) > 0).all())
