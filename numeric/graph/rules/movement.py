@@ -74,7 +74,8 @@ def _identity(ctx: RuleContext) -> NodeSpec:
     if target is aten.dropout.default and ctx.arg("train"):
         raise unsupported(ctx, "dropout in training mode is random, so the model is not one "
                                "function of its input; call model.eval()")
-    if target is aten.detach.default:
+    if target is aten.detach.default or (target is aten.alias.default and str(
+            ctx.node.meta.get("original_aten")) == "aten.detach.default"):   # written as alias
         # the value passes, the derivative does not: autograd's Jacobian (what every
         # estimator measures) is then not the derivative of the function computed (a
         # straight-through estimator), and no single bound is right for both
