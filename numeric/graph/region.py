@@ -594,9 +594,7 @@ def exact_centre_bounds(result: RegionResult, eps: torch.Tensor
     change = change.scatter(1, top, torch.maximum(own, others))
     spread = change.amax(dim=1) + 2 * change.norm(dim=1)
     root = (exact + spread * norm ** 2).sqrt() + kappa.sqrt() * delta
-    # no variation bound (an operation without a region form): nothing but infinity
-    # (0 * inf above would be NaN, which every comparison passes)
-    unknown = ~torch.isfinite(delta)
-    infinite = torch.full_like(jacobian, math.inf)
+    # no variation bound (no region form): infinity, not 0 * inf = NaN above
+    unknown, infinite = ~torch.isfinite(delta), torch.full_like(jacobian, math.inf)
     return (torch.where(unknown, infinite, jacobian),
             torch.where(unknown, infinite, root ** 2 * CERTIFICATION_FACTOR))
