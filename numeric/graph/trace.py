@@ -269,6 +269,10 @@ class _Runner(KindBuilders, ProductBuilder):
             target_name = f"{name} kept whole"
         else:
             target_name = describe_target(target)
+            original = node.meta.get("original_aten")
+            if original is not None and str(original) != str(target):
+                # a step of a decomposed operator: name the operator the user wrote
+                target_name += f" inside {describe_target(original)}"
         source = self.traced.exported.source(node)
         return f"{target_name} (node {node.name!r}{', ' + source if source else ''})"
 
