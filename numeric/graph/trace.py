@@ -303,6 +303,10 @@ class _Runner(KindBuilders, ProductBuilder):
         packet = getattr(target, "overloadpacket", None)
         if target in _CONSTANT_LIKE or packet in _CONSTANT_LIKE:
             return _Info("constant")
+        if isinstance(result, torch.Tensor) and result.is_complex():
+            return _Info("forbidden", reason=f"it uses {node.name!r}, a complex tensor "
+                                             f"computed from the input (an FFT?), which no "
+                                             f"rule covers")
         if not _is_tensor_like(result) or (isinstance(result, torch.Tensor)
                                            and not result.is_floating_point()):
             return _Info("dependent")

@@ -131,6 +131,8 @@ CATALOGUE = [
      r"autograd's gradient .* differs"),
     ("custom_function_wrong_backward", Lambda(lambda self, x: _WrongBackward.apply(x)[:, :3]),
      UnsupportedModuleError, r"autograd's gradient .* differs"),
+    ("fft_of_input", Lambda(lambda self, x: torch.fft.rfft(x).abs()[:, :3]),
+     UnsupportedModuleError, r"a complex tensor computed from the input"),
     ("bfloat16_round_trip", Lambda(lambda self, x: x.to(torch.bfloat16).to(x.dtype)[:, :3]),
      UnsupportedModuleError, r"rounds an input-dependent value to torch.bfloat16"),
 
