@@ -294,8 +294,6 @@ def _pgd(chunk: Chunk) -> dict:
 
 def _global_radii(chunk: Chunk) -> list[float]:
     lipschitz = chunk.info.lipschitz
-    if chunk.traced.radius_reason() is not None:
-        return [0.0] * len(chunk.pred)   # a jump: no radius follows from derivatives
     # the float64 copy's margins of the predictions, less a rounding allowance: the
     # function the bounds are about (a float32 model's logits round differently)
     margins, _ = chunk.traced.certified_margins(chunk.x, chunk.pred)
@@ -321,7 +319,9 @@ def _attack_box():
 def _certified_radius(chunk: Chunk) -> dict:
     from numeric.errors import UnsupportedModuleError
 
-    radii = _global_radii(chunk)
+    # a jump (softplus's switch): no radius follows from derivatives, every one is 0
+    jumps = chunk.traced.radius_reason() is not None
+    radii = [0.0] * len(chunk.pred) if jumps else _global_radii(chunk)
     rows = len(radii)
     region = region_bound = [None] * rows          # not computed (no comparison)
     attack = chunk.columns.get("attack_radius", [math.inf] * rows)
@@ -331,7 +331,7 @@ def _certified_radius(chunk: Chunk) -> dict:
     if steps > 0:
         x = chunk.x.detach()
         try:
-            if chunk.traced.radius_reason() is None:
+            if not jumps:
                 region = chunk.traced.certified_radius(x, chunk.pred, steps=steps,
                                                        linear_steps=0).tolist()
             region_bound = chunk.traced.region_bound(
@@ -342,7 +342,7 @@ def _certified_radius(chunk: Chunk) -> dict:
             # (a failed self-check, UnsoundBoundError, is never swallowed)
             pass
     best = [g if r is None else max(g, r) for g, r in zip(radii, region)]
-    if chunk.settings.linear_steps > 0 and chunk.traced.radius_reason() is None and \
+    if chunk.settings.linear_steps > 0 and not jumps and \
             chunk.traced.linear_reason(chunk.x) is None:
         # over the ball and the attack's box, bisected below the attack radius
         linear = chunk.traced.linear_radius(

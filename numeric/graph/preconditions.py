@@ -83,7 +83,6 @@ def check_autograd_agrees(model: nn.Module, exported, x: torch.Tensor) -> None:
     """
     if exported.calls or not x.is_floating_point():
         return
-    generator = torch.Generator().manual_seed(0)
     graph = _graph_function(exported)
     gradients = []
     for function in (model, graph):
@@ -93,8 +92,8 @@ def check_autograd_agrees(model: nn.Module, exported, x: torch.Tensor) -> None:
                 out = function(point)
                 if not isinstance(out, torch.Tensor) or not out.requires_grad:
                     return
-                cotangent = torch.randn(out.shape, generator=generator, dtype=torch.float64)
-                generator.manual_seed(0)
+                cotangent = torch.randn(out.shape, dtype=torch.float64,     # the same twice
+                                        generator=torch.Generator().manual_seed(0))
                 (gradient,) = torch.autograd.grad(out, point, cotangent.to(out),
                                                   allow_unused=True)
         except (RuntimeError, NotImplementedError):

@@ -60,7 +60,6 @@ _UNINITIALISED = {torch.ops.aten.empty, torch.ops.aten.empty_like, torch.ops.ate
 #: the pass's, like the lifted constants).
 _CREATION = _UNINITIALISED | _CONSTANT_LIKE | {
     torch.ops.aten.zeros, torch.ops.aten.ones, torch.ops.aten.full, torch.ops.aten.arange}
-#: Operators that read only the shape of their input.
 #: Random operators that draw nothing when their ``train`` argument is False.
 _DROPOUTS = {torch.ops.aten.dropout, torch.ops.aten.feature_dropout,
              torch.ops.aten.alpha_dropout, torch.ops.aten.feature_alpha_dropout,
@@ -73,12 +72,12 @@ def _draws_random_numbers(node: fx.Node) -> bool:
     if not isinstance(target, torch._ops.OpOverload) or \
             torch.Tag.nondeterministic_seeded not in target.tags:
         return False
-    if target.overloadpacket in _DROPOUTS:
-        train = node.kwargs.get("train", node.args[2] if len(node.args) > 2 else True)
-        return train is not False
+    if target.overloadpacket in _DROPOUTS:      # read by schema name, however spelled
+        return bind_arguments(target, node.args, node.kwargs)["train"] is not False
     return True
 
 
+#: Operators that read only the shape of their input.
 _SHAPE_OPS = {torch.ops.aten.sym_size.int, torch.ops.aten.sym_numel.default,
               torch.ops.aten.sym_stride.int, torch.ops.aten.sym_storage_offset.default,
               torch.ops.aten.sym_size, torch.ops.aten.sym_numel,

@@ -83,9 +83,9 @@ def _identity(ctx: RuleContext) -> NodeSpec:
                                "(a straight-through estimator?), so autograd's Jacobian is "
                                "not the derivative of the function the model computes; "
                                "remove the detach")
-    dtype = ctx.node.kwargs.get("dtype")
-    if target is aten._to_copy.default and isinstance(dtype, torch.dtype) and \
-            dtype.is_floating_point and torch.finfo(dtype).bits < 32:
+    dtype = ctx.arg("dtype") if target is aten._to_copy.default else None
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point and \
+            torch.finfo(dtype).bits < 32:
         # rounding to a few significant bits is a step function: its jumps (a part in
         # 2^8 for bfloat16) are invisible to a derivative, and a radius or value bound
         # computed from derivatives would step over them
