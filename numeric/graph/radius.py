@@ -22,6 +22,8 @@ __all__ = ["CertifiedRadii"]
 
 #: Relative allowance for float64 rounding of the logits at a point (of the largest one).
 MARGIN_ROUNDING = 1e-10
+#: Above this, ``exp`` overflows in float64 (``log`` of the largest double).
+_EXP_OVERFLOW = math.log(torch.finfo(torch.float64).max)
 #: ``linear_reason`` not yet found.
 _UNCHECKED = object()
 
@@ -186,13 +188,16 @@ class CertifiedRadii:
             if data.get("op") == "softplus":
                 params = data.get("params", {})
                 beta, threshold = params.get("beta", 1.0), params.get("threshold", 20.0)
-                jump = math.log1p(math.exp(-threshold)) / beta if threshold < 745 else 0.0
-                if jump > 0:
-                    return (f"softplus (node {key!r}) jumps by {jump:.3g} where beta*x "
-                            f"crosses threshold={threshold:g} (torch switches to the "
-                            f"identity there), and a radius from derivative bounds cannot "
-                            f"see a jump; use threshold >= 745 (no jump in float64) or an "
-                            f"activation without one")
+                if threshold > _EXP_OVERFLOW:
+                    # log1p(exp(beta*x)) is inf in float64 between the two: no jump at
+                    # the threshold, but a jump to infinity before it
+                    return (f"softplus (node {key!r}) overflows to inf where beta*x is "
+                            f"between {_EXP_OVERFLOW:.2f} and threshold={threshold:g}, and "
+                            f"a radius from derivative bounds cannot see a jump")
+                jump = math.log1p(math.exp(-threshold)) / beta
+                return (f"softplus (node {key!r}) jumps by {jump:.3g} where beta*x "
+                        f"crosses threshold={threshold:g} (torch switches to the identity "
+                        f"there), and a radius from derivative bounds cannot see a jump")
         return None
 
     def _refuse_jumps(self, caller: str) -> None:

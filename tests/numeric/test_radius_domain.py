@@ -59,6 +59,8 @@ def test_softplus_jump_refuses_radii_but_keeps_bounds():
     with pytest.raises(UnsupportedModuleError, match="no certified radius: softplus"):
         traced.certified_radius(x)
     assert traced.fisher_bound() > 0        # derivative bounds hold wherever J exists
-    smooth = nn.Sequential(nn.Linear(8, 1), nn.Softplus(threshold=800.0),
-                           nn.Linear(1, 2)).double().eval()
-    assert trace_model(smooth, x).radius_reason() is None
+    # a threshold past exp's overflow has no jump at it, but is inf before it
+    overflowing = nn.Sequential(nn.Linear(8, 1), nn.Softplus(threshold=800.0),
+                                nn.Linear(1, 2)).double().eval()
+    assert torch.isinf(overflowing[1](torch.tensor([720.0], dtype=torch.float64))).all()
+    assert "overflows to inf" in trace_model(overflowing, x).radius_reason()
